@@ -1,0 +1,86 @@
+"""Layer-wise learning-rate decay for any model whose backbone has ``get_layer_depth``.
+
+Works unchanged in MMPretrain, MMSegmentation and MMDetection (their own constructors
+either need ``get_layer_depth`` on the whole model or accept only a few backbone
+class names). Register it through ``vllama_mm.<lib>`` and use::
+
+    optim_wrapper = dict(
+        constructor='LayerDecayOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),
+        paramwise_cfg=dict(layer_decay_rate=0.65, flat_decay_mult=0.0,
+                           custom_keys={'.cls_token': dict(decay_mult=0.0)}))
+
+Parameter ``p`` at depth ``d`` of ``L`` gets ``lr * rate ** (L - 1 - d)`` (head and
+neck: depth ``L - 1``, scale 1). ``flat_decay_mult`` multiplies the weight decay of
+1-D parameters (norms, biases, layer scale) and ``custom_keys`` (substring ->
+``lr_mult`` / ``decay_mult``, longest key wins) act as in mmengine.
+"""
+from collections import defaultdict
+from typing import Callable, Dict, List, Optional, Tuple
+
+from mmengine.logging import MMLogger
+from mmengine.optim import DefaultOptimWrapperConstructor
+from torch import nn
+
+
+def find_layer_depth_fn(model: nn.Module) -> Callable[[str], Tuple[int, int]]:
+    """``name -> (depth, num_layers)`` from the model or its ``backbone``."""
+    model = getattr(model, 'module', model)  # DDP / model wrappers
+    if hasattr(model, 'get_layer_depth'):
+        return model.get_layer_depth
+    backbone = getattr(model, 'backbone', None)
+    if backbone is not None and hasattr(backbone, 'get_layer_depth'):
+        return lambda name: backbone.get_layer_depth(name, prefix='backbone.')
+    raise TypeError(f'layer-wise lr decay needs get_layer_depth() on {type(model).__name__} '
+                    'or on its backbone (VisionLLaMA and PyramidVisionLLaMA have it)')
+
+
+class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """``DefaultOptimWrapperConstructor`` plus ``paramwise_cfg.layer_decay_rate``."""
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
+        paramwise_cfg = dict(paramwise_cfg or {})
+        self.layer_decay_rate = float(paramwise_cfg.pop('layer_decay_rate', 1.0))
+        self.flat_decay_mult = paramwise_cfg.pop('flat_decay_mult', None)
+        allowed = {'custom_keys'}
+        unknown = set(paramwise_cfg) - allowed
+        if unknown:
+            raise ValueError(f'LayerDecayOptimWrapperConstructor: unknown paramwise_cfg keys '
+                             f'{sorted(unknown)}; supported: layer_decay_rate, '
+                             f'flat_decay_mult, custom_keys')
+        if not 0.0 < self.layer_decay_rate <= 1.0:
+            raise ValueError(f'layer_decay_rate must be in (0, 1], got {self.layer_decay_rate}')
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def add_params(self, params: List[Dict], module: nn.Module, prefix: str = '',
+                   **kwargs) -> None:
+        depth_of = find_layer_depth_fn(module)
+        custom_keys: Dict = self.paramwise_cfg.get('custom_keys', {})
+        keys = sorted(custom_keys, key=len, reverse=True)
+        summary = defaultdict(int)
+        for name, param in getattr(module, 'module', module).named_parameters():
+            group: Dict = dict(params=[param])
+            if not param.requires_grad:
+                params.append(group)
+                continue
+            depth, num_layers = depth_of(name)
+            lr_scale = self.layer_decay_rate ** (num_layers - 1 - depth)
+            decay_mult = 1.0
+            if self.flat_decay_mult is not None and param.ndim <= 1:
+                decay_mult = float(self.flat_decay_mult)
+            lr_mult = 1.0
+            for key in keys:
+                if key in name:
+                    lr_mult = custom_keys[key].get('lr_mult', 1.0)
+                    decay_mult = custom_keys[key].get('decay_mult', decay_mult)
+                    break
+            group['lr'] = self.base_lr * lr_scale * lr_mult
+            if self.base_wd is not None:
+                group['weight_decay'] = self.base_wd * decay_mult
+            group['lr_scale'] = lr_scale  # kept for inspection and tests
+            group['param_name'] = name
+            params.append(group)
+            summary[(depth, round(lr_scale, 6))] += 1
+        MMLogger.get_current_instance().info(
+            'layer-wise lr decay {:.3g}: '.format(self.layer_decay_rate) + ', '.join(
+                f'depth {d}: x{s:.4g} ({n} params)' for (d, s), n in sorted(summary.items())))

@@ -1,0 +1,69 @@
+"""Config preparation and Runner construction shared by tools/train.py and tools/test.py.
+
+The library is picked from the config's ``default_scope`` (mmpretrain / mmseg / mmdet):
+its vllama_mm registration module is imported, so configs work with or without
+``custom_imports``.
+"""
+import argparse
+import importlib
+import os.path as osp
+
+from mmengine.config import Config
+
+from .checkpoint import allow_mmengine_checkpoints
+
+SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
+
+
+def import_plugin(cfg: Config) -> str:
+    """Import ``vllama_mm.<default_scope>``; returns the scope."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'config default_scope must be one of {SCOPES} '
+                         f'(set by inheriting a library base), got {scope!r}')
+    importlib.import_module(f'vllama_mm.{scope}')
+    return scope
+
+
+def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> Config:
+    """Apply the command-line options of tools/train.py / tools/test.py to ``cfg``."""
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if mode == 'train':
+        if getattr(args, 'amp', False):
+            optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+            if optim_wrapper == 'AmpOptimWrapper':
+                print('AMP training is already enabled in the config.')
+            else:
+                if optim_wrapper != 'OptimWrapper':
+                    raise ValueError('--amp needs optim_wrapper.type OptimWrapper or '
+                                     f'AmpOptimWrapper, got {optim_wrapper!r}')
+                cfg.optim_wrapper.type = 'AmpOptimWrapper'
+                cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        if getattr(args, 'auto_scale_lr', False):
+            cfg.auto_scale_lr.enable = True
+        if getattr(args, 'resume', None) == 'auto':
+            cfg.resume = True
+            cfg.load_from = None
+        elif getattr(args, 'resume', None) is not None:
+            cfg.resume = True
+            cfg.load_from = args.resume
+        if getattr(args, 'no_validate', False):
+            cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    import_plugin(cfg)
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """``Runner.from_cfg`` or the config's ``runner_type``, with safe checkpoint loading."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    allow_mmengine_checkpoints()
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)

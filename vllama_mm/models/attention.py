@@ -1,0 +1,159 @@
+"""One attention for every VisionLLaMA variant: global, windowed, or with pooled keys.
+
+All of them run ``F.scaled_dot_product_attention`` with 2D RoPE applied to q and k.
+Windowing (ViTDet windows, the pyramid's LSA) is a token re-layout done by
+:func:`window_partition` around the same attention; pooled keys/values (the
+pyramid's GSA) are built inside :class:`RoPEAttention` when ``sr_ratio > 1``.
+"""
+import functools
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import RopeTable, apply_rope
+
+
+def check_heads(dim: int, num_heads: int) -> int:
+    """Head dim for ``dim``/``num_heads``, with errors that name the problem."""
+    if num_heads <= 0 or dim % num_heads != 0:
+        raise ValueError(f'embed dims {dim} is not divisible by num_heads {num_heads}')
+    head_dim = dim // num_heads
+    if head_dim % 4 != 0:
+        raise ValueError(f'2D RoPE needs a head dim divisible by 4: embed dims {dim} / '
+                         f'{num_heads} heads = {head_dim}')
+    return head_dim
+
+
+class RoPEAttention(nn.Module):
+    """Multi-head self-attention with 2D RoPE on queries and keys.
+
+    Args:
+        dim: channels.
+        num_heads: heads; ``dim / num_heads`` must be divisible by 4.
+        qkv_bias: bias of the q/k/v projections.
+        proj_bias: bias of the output projection.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projection.
+        sr_ratio: > 1 makes keys/values come from a ``Conv(k=s=sr) + LN`` sub-sampled
+            map (the pyramid's GSA); then ``forward`` needs ``hw`` and a key table.
+        norm_eps: eps of the sub-sampling LayerNorm.
+
+    Parameters: ``qkv`` [3C, C] (rows q|k|v, head-major) when ``sr_ratio == 1``;
+    otherwise ``q`` [C, C], ``kv`` [2C, C] (rows k|v), ``sr`` and ``norm``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
+                 proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 sr_ratio: int = 1, norm_eps: float = 1e-5):
+        super().__init__()
+        self.head_dim = check_heads(dim, num_heads)
+        self.num_heads = num_heads
+        self.sr_ratio = int(sr_ratio)
+        if self.sr_ratio < 1:
+            raise ValueError(f'sr_ratio must be >= 1, got {sr_ratio}')
+        if self.sr_ratio == 1:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=self.sr_ratio, stride=self.sr_ratio)
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: Tensor) -> Tensor:
+        # [B, N, k*C] -> k tensors [B, heads, N, Hc]
+        B, N, _ = t.shape
+        return t.view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: Tensor, rope_q: Optional[RopeTable] = None,
+                rope_k: Optional[RopeTable] = None, hw: Optional[Tuple[int, int]] = None,
+                attn_mask: Optional[Tensor] = None) -> Tensor:
+        """x: [B, N, C] -> [B, N, C].
+
+        ``rope_q`` rotates queries and (when ``rope_k`` is None) keys; ``rope_k`` rotates
+        pooled keys. ``attn_mask``: bool, True where a key may be attended,
+        broadcastable to [B, heads, N, N_k].
+        """
+        B, N, C = x.shape
+        if self.sr_ratio == 1:
+            q, k, v = self._heads(self.qkv(x))  # each [B, heads, N, Hc]
+            rope_k = rope_q if rope_k is None else rope_k
+        else:
+            if hw is None or rope_q is not None and rope_k is None:
+                raise ValueError('pooled-key attention needs hw and a key RoPE table')
+            H, W = hw
+            q = self._heads(self.q(x))[0]
+            pooled = self.sr(x.transpose(1, 2).reshape(B, C, H, W))  # [B, C, H/sr, W/sr]
+            pooled = self.norm(pooled.flatten(2).transpose(1, 2))  # [B, Nk, C]
+            k, v = self._heads(self.kv(pooled))
+        q = apply_rope(q, rope_q)
+        k = apply_rope(k, rope_k)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask,
+            dropout_p=self.attn_drop if self.training else 0.0)  # [B, heads, N, Hc]
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+# ----------------------------------------------------------------------------------
+# Windows
+# ----------------------------------------------------------------------------------
+def window_partition(x: Tensor, hw: Tuple[int, int], window_size: int
+                     ) -> Tuple[Tensor, Tuple[int, int]]:
+    """[B, H*W, C] -> [B*nW, ws*ws, C] windows (zero padded to multiples of ws).
+
+    Windows are ordered batch-major, then row-major over the padded grid; returns the
+    padded grid ``(Hp, Wp)``.
+    """
+    B, _, C = x.shape
+    H, W = hw
+    ws = window_size
+    x = x.view(B, H, W, C)
+    pad_h, pad_w = (-H) % ws, (-W) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3)
+    return x.reshape(-1, ws * ws, C), (Hp, Wp)
+
+
+def window_unpartition(windows: Tensor, hw: Tuple[int, int], padded_hw: Tuple[int, int],
+                       window_size: int) -> Tensor:
+    """Inverse of :func:`window_partition`: [B*nW, ws*ws, C] -> [B, H*W, C]."""
+    H, W = hw
+    Hp, Wp = padded_hw
+    ws = window_size
+    C = windows.shape[-1]
+    x = windows.view(-1, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3)
+    x = x.reshape(-1, Hp, Wp, C)
+    if Hp != H or Wp != W:
+        x = x[:, :H, :W]
+    return x.reshape(-1, H * W, C)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_key_mask(H: int, W: int, ws: int, device: str) -> Optional[Tensor]:
+    if H % ws == 0 and W % ws == 0:
+        return None
+    Hp, Wp = H + (-H) % ws, W + (-W) % ws
+    valid = torch.zeros(Hp, Wp, dtype=torch.bool)
+    valid[:H, :W] = True
+    valid = valid.view(Hp // ws, ws, Wp // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
+    return valid[:, None, None, :].to(device)  # [nW, 1, 1, ws*ws]
+
+
+def window_key_mask(hw: Tuple[int, int], window_size: int, batch: int,
+                    device: torch.device) -> Optional[Tensor]:
+    """Bool mask [B*nW, 1, 1, ws*ws] hiding padded keys, or None when nothing is padded.
+
+    The per-window mask is cached per (H, W, ws, device); only its batch expansion is
+    done per call.
+    """
+    mask = _window_key_mask(hw[0], hw[1], window_size, str(device))
+    if mask is None:
+        return None
+    return mask.repeat(batch, 1, 1, 1)

@@ -1,0 +1,227 @@
+"""2D rotary position embedding (RoPE) and its auto-scaled variant (AS2DRoPE).
+
+Layout (the released VisionLLaMA weights depend on it, DESIGN.md §2.1):
+
+* the head dim ``Hc`` is split into ``Hc/2`` interleaved pairs ``(2j, 2j+1)``;
+* pair ``j`` rotates with the x (column) coordinate when ``j`` is even and with the
+  y (row) coordinate when ``j`` is odd, so real dims read ``x x y y x x y y ...``;
+* pair ``j`` has frequency ``theta ** (-4 * (j // 2) / Hc)``.
+
+A *table* is the pair ``(cos, sin)``, each ``[N, Hc]`` float32 with the angle of pair
+``j`` repeated on dims ``2j`` and ``2j+1``. Tables are derived data: :class:`RoPE2D`
+caches them per (grid, scale, device) and never puts them in the state dict.
+
+AS2DRoPE multiplies positions by ``anchor / grid`` per axis, so any grid is mapped
+into the span of the pre-training (anchor) grid; at the anchor size it equals 2D RoPE.
+"""
+from collections import OrderedDict
+from typing import Dict, Hashable, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+RopeTable = Tuple[Tensor, Tensor]  # (cos, sin), each [N, Hc] or [B, N, Hc], float32
+
+ROPE_TYPES = ('none', '1d', '2d', 'as2d', 'ntk')
+PREFIX_MODES = ('none', 'official')
+
+
+def _pair(x) -> Tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, rope_type: str = '2d') -> Tensor:
+    """Per-pair frequencies ``[Hc/2]`` in the interleaved layout.
+
+    2D: pair j -> ``theta ** (-4 * (j // 2) / Hc)`` (x and y pairs share frequencies).
+    1D: pair j -> ``theta ** (-2 * j / Hc)`` (LLaMA, over the flattened token index).
+    """
+    if head_dim % 4 != 0:
+        raise ValueError(f'2D RoPE needs a head dim divisible by 4, got {head_dim}')
+    j = torch.arange(head_dim // 2, dtype=torch.float64)
+    if rope_type == '1d':
+        exponent = 2 * j / head_dim
+    else:
+        exponent = 4 * torch.div(j, 2, rounding_mode='floor') / head_dim
+    return (theta ** (-exponent)).float()
+
+
+def grid_positions(h: int, w: int, scale: Tuple[float, float] = (1.0, 1.0),
+                   offset: Tuple[float, float] = (0.0, 0.0),
+                   stride: Tuple[float, float] = (1.0, 1.0),
+                   row_length: Optional[int] = None,
+                   num_prefix: int = 0) -> Tensor:
+    """(x, y) positions ``[num_prefix + h*w, 2]`` float64 of a row-major h×w token grid.
+
+    Token ``t`` sits at ``x = offset_x + stride_x * (t mod L)``,
+    ``y = offset_y + stride_y * (t div L)`` with ``L = row_length or w``, then each axis is
+    multiplied by ``scale``. ``num_prefix`` extra tokens get ``t = -num_prefix .. -1``
+    (the official class-token position: ``x = L-1, y = -1``).
+    """
+    length = w if row_length is None else row_length
+    t = torch.arange(-num_prefix, h * w, dtype=torch.float64)
+    x = offset[0] + stride[0] * torch.remainder(t, length)
+    y = offset[1] + stride[1] * torch.div(t, length, rounding_mode='floor')
+    return torch.stack([x * scale[0], y * scale[1]], dim=-1)
+
+
+def rope_table(pos: Tensor, freqs: Tensor, rope_type: str = '2d') -> RopeTable:
+    """cos/sin table ``[N, Hc]`` for positions ``pos`` ``[N, 2]`` (x, y) or ``[N]`` (1D)."""
+    if rope_type == '1d':
+        angles = pos.reshape(-1, 1).double() * freqs.double()  # [N, Hc/2]
+    else:
+        axis = torch.arange(freqs.numel(), device=pos.device) % 2  # 0 -> x, 1 -> y
+        angles = pos.double()[:, axis] * freqs.double()  # [N, Hc/2]
+    angles = angles.repeat_interleave(2, dim=-1)  # [N, Hc]: pair angle on dims 2j, 2j+1
+    return angles.cos().float(), angles.sin().float()
+
+
+def identity_table(n: int, head_dim: int, device=None) -> RopeTable:
+    """A table that rotates nothing (cos 1, sin 0), for unrotated prefix tokens."""
+    return (torch.ones(n, head_dim, device=device), torch.zeros(n, head_dim, device=device))
+
+
+def apply_rope(x: Tensor, table: Optional[RopeTable]) -> Tensor:
+    """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table`` (``[N, Hc]`` or ``[B, N, Hc]``).
+
+    Computed in float32 and cast back to ``x.dtype``. Interleaved pairs: for pair
+    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``.
+    """
+    if table is None:
+        return x
+    cos, sin = table
+    if cos.dim() == 3:  # per-sample table [B, N, Hc] -> [B, 1, N, Hc]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    xf = x.float()
+    x_pairs = xf.unflatten(-1, (-1, 2))  # [..., Hc/2, 2]
+    rotated = torch.stack((-x_pairs[..., 1], x_pairs[..., 0]), dim=-1).flatten(-2)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class RoPE2D(nn.Module):
+    """Cached 2D RoPE / AS2DRoPE tables for one head dim (shared by all heads and layers).
+
+    Args:
+        head_dim: per-head channels, divisible by 4.
+        anchor_hw: the pre-training grid ``(h, w)`` that AS2DRoPE maps every grid
+            onto. Required for ``rope_type='as2d'`` and ``'ntk'``.
+        rope_type: ``'as2d'`` (auto-scaled, default), ``'2d'`` (plain), ``'1d'``
+            (LLaMA over the flattened index), ``'ntk'`` (2D with NTK-aware theta
+            scaling by the grid/anchor ratio) or ``'none'`` (no rotation).
+        theta: RoPE base.
+        max_cached: tables kept per module (least recently used are dropped),
+            bounding memory when detection inputs vary in size.
+    """
+
+    def __init__(self, head_dim: int, anchor_hw: Optional[Tuple[int, int]] = None,
+                 rope_type: str = 'as2d', theta: float = 10000.0, max_cached: int = 32):
+        super().__init__()
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
+        if head_dim % 4 != 0:
+            raise ValueError(f'2D RoPE needs a head dim divisible by 4, got head dim {head_dim}')
+        if rope_type in ('as2d', 'ntk') and anchor_hw is None:
+            raise ValueError(f"rope_type={rope_type!r} needs the anchor (pre-training) grid")
+        self.head_dim = head_dim
+        self.anchor_hw = None if anchor_hw is None else _pair(anchor_hw)
+        self.rope_type = rope_type
+        self.theta = float(theta)
+        self.max_cached = max_cached
+        self._cache: 'OrderedDict[Hashable, RopeTable]' = OrderedDict()
+
+    def extra_repr(self) -> str:
+        return (f'head_dim={self.head_dim}, rope_type={self.rope_type}, '
+                f'anchor_hw={self.anchor_hw}, theta={self.theta}')
+
+    # -- state that must not travel with the module ----------------------------------
+    def __getstate__(self) -> Dict:
+        state = self.__dict__.copy()
+        state['_cache'] = OrderedDict()
+        return state
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda(): tables are rebuilt on demand
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    # -- scaling ----------------------------------------------------------------------
+    def grid_scale(self, h: int, w: int) -> Tuple[float, float]:
+        """Per-axis position scale for an h×w grid: ``anchor/grid`` for AS2DRoPE, else 1."""
+        if self.rope_type == 'as2d':
+            return (self.anchor_hw[1] / w, self.anchor_hw[0] / h)
+        return (1.0, 1.0)
+
+    def _theta_for(self, h: int, w: int) -> float:
+        if self.rope_type != 'ntk':
+            return self.theta
+        # NTK-aware: stretch the base by the extrapolation factor (>= 1) so that the
+        # lowest frequency covers the larger grid; d/(d-2) on the per-axis pair count.
+        ratio = max(h / self.anchor_hw[0], w / self.anchor_hw[1], 1.0)
+        d = self.head_dim // 2
+        return self.theta * ratio ** (d / (d - 2))
+
+    # -- tables -----------------------------------------------------------------------
+    def _cached(self, key: Hashable, build) -> Optional[RopeTable]:
+        if self.rope_type == 'none':
+            return None
+        table = self._cache.get(key)
+        if table is None:
+            table = build()
+            self._cache[key] = table
+            if len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return table
+
+    def _from_positions(self, pos: Tensor, theta: float, device) -> RopeTable:
+        freqs = rope_frequencies(self.head_dim, theta, self.rope_type)
+        cos, sin = rope_table(pos, freqs, self.rope_type)
+        return cos.to(device), sin.to(device)
+
+    def grid(self, h: int, w: int, device=None, num_prefix: int = 0,
+             prefix_mode: str = 'none',
+             scale: Optional[Tuple[float, float]] = None) -> Optional[RopeTable]:
+        """Table ``[num_prefix + h*w, Hc]`` for a row-major h×w grid of tokens.
+
+        Prefix tokens (e.g. the class token) come first; ``prefix_mode='none'`` leaves
+        them unrotated, ``'official'`` puts them at ``t = -1`` (``x = w-1, y = -1``,
+        scaled like the grid). ``scale`` overrides the AS2DRoPE scale (e.g. anchoring
+        at another grid). Returns ``None`` when ``rope_type='none'``.
+        """
+        if prefix_mode not in PREFIX_MODES:
+            raise ValueError(f'prefix_mode must be one of {PREFIX_MODES}, got {prefix_mode!r}')
+        sc = self.grid_scale(h, w) if scale is None else tuple(scale)
+        key = ('grid', h, w, sc, num_prefix, prefix_mode, str(device))
+
+        def build() -> RopeTable:
+            theta = self._theta_for(h, w)
+            if self.rope_type == '1d':
+                t = torch.arange(-num_prefix, h * w, dtype=torch.float64)
+                cos, sin = self._from_positions(t, theta, device)
+            else:
+                official = prefix_mode == 'official'
+                pos = grid_positions(h, w, sc, num_prefix=num_prefix if official else 0)
+                cos, sin = self._from_positions(pos, theta, device)
+            if num_prefix and prefix_mode == 'none':
+                # prefix rows get the identity rotation (cos 1, sin 0)
+                if self.rope_type == '1d':
+                    cos, sin = cos[num_prefix:], sin[num_prefix:]
+                one, zero = identity_table(num_prefix, self.head_dim, device)
+                cos, sin = torch.cat([one, cos]), torch.cat([zero, sin])
+            return cos.contiguous(), sin.contiguous()
+
+        return self._cached(key, build)
+
+    def positions(self, key: Hashable, pos_fn, h: int, w: int,
+                  device=None) -> Optional[RopeTable]:
+        """Cached table for custom positions: ``pos_fn()`` returns ``[N, 2]`` (x, y).
+
+        ``key`` must identify the geometry (used by pooled keys of the pyramid's GSA);
+        ``h, w`` are the query grid, used only for NTK theta scaling.
+        """
+        if self.rope_type == '1d':
+            raise ValueError("rope_type='1d' is defined on a flat token index only; "
+                             'use 2d/as2d/ntk/none for pooled or windowed positions')
+        full_key = ('pos', key, str(device))
+        return self._cached(full_key,
+                            lambda: self._from_positions(pos_fn(), self._theta_for(h, w), device))

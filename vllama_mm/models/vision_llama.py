@@ -1,0 +1,344 @@
+"""Plain (ViT-like) VisionLLaMA backbone, with optional ViTDet-style window attention."""
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.utils.checkpoint
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from .attention import check_heads
+from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
+
+
+def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn_ratio: float = 8 / 3,
+          layer_scale_init: float = 1e-4, ffn_bias: bool = False) -> Dict:
+    return dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
+                feedforward_channels=swiglu_hidden(embed_dims, ffn_ratio),
+                layer_scale_init=layer_scale_init, ffn_bias=ffn_bias)
+
+
+def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequence[str],
+                 defaults: Dict, owner: str) -> Dict:
+    """Arch preset name or custom dict -> full arch dict, with errors that name the problem."""
+    if isinstance(arch, str):
+        key = arch.lower()
+        if key not in zoo:
+            raise ValueError(f'{owner}: unknown arch {arch!r}; choose one of '
+                             f'{sorted(zoo)} or pass a dict with keys {sorted(essential)}')
+        return copy.deepcopy(zoo[key])
+    if not isinstance(arch, dict):
+        raise TypeError(f'{owner}: arch must be a str or dict, got {type(arch).__name__}')
+    missing = set(essential) - set(arch)
+    if missing:
+        raise ValueError(f'{owner}: custom arch is missing keys {sorted(missing)} '
+                         f'(needs {sorted(essential)})')
+    unknown = set(arch) - set(essential) - set(defaults)
+    if unknown:
+        raise ValueError(f'{owner}: custom arch has unknown keys {sorted(unknown)}; '
+                         f'allowed: {sorted(set(essential) | set(defaults))}')
+    full = copy.deepcopy(defaults)
+    full.update(arch)
+    return full
+
+
+class VisionLLaMA(BaseModule):
+    """Plain VisionLLaMA: patch embed, optional class token, L pre-norm RoPE/SwiGLU blocks.
+
+    No absolute position embedding: positions enter through 2D RoPE, auto-scaled
+    (AS2DRoPE) so that any input maps onto the anchor grid ``img_size / patch_size``.
+
+    Args:
+        arch: ``'s'``, ``'b'``, ``'l'`` (paper sizes: SwiGLU ``ceil256(int(8d/3))``,
+            bias-free, layer scale 1e-4), ``'mae-b'``, ``'mae-l'`` (the released MAE
+            weights: fused biased SwiGLU ``ceil256(int(32d/3))``, no layer scale), or a
+            dict with ``embed_dims``, ``num_layers``, ``num_heads`` and optionally
+            ``feedforward_channels``, ``layer_scale_init``, ``ffn_bias``.
+        img_size: pre-training input size; fixes the AS2DRoPE anchor grid.
+        patch_size: patch size of the conv embedding.
+        in_channels: input channels.
+        out_indices: blocks whose outputs are returned (negative counts from the end).
+        out_type: ``'raw'`` [B, N, C] (with class token), ``'cls_token'`` [B, C],
+            ``'featmap'`` [B, C, h, w], ``'avg_featmap'`` [B, C] (mean of patch tokens,
+            then ``ln2``).
+        with_cls_token: prepend a class token.
+        cls_token_rope: ``'none'`` (class token unrotated) or ``'official'`` (rotated
+            at ``t = -1``: ``x = w-1, y = -1``).
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'`` or ``'none'``.
+        rope_theta: RoPE base.
+        rope_anchor: anchor grid ``(h, w)`` overriding ``img_size / patch_size``,
+            e.g. the pre-training grid when fine-tuning at another size.
+        qkv_bias: bias of the qkv projection.
+        drop_rate, attn_drop_rate, drop_path_rate: dropouts; drop path grows linearly.
+        norm_eps: LayerNorm eps.
+        final_norm: LayerNorm ``ln1`` on the last block's output.
+        frozen_stages: freeze patch embed, class token and the first N blocks
+            (kept frozen after ``train()``).
+        window_size: > 0 gives ViTDet window attention in every block not in
+            ``global_attn_indexes`` (window-local RoPE there; global blocks use the full,
+            auto-scaled grid). Needs ``with_cls_token=False``.
+        global_attn_indexes: blocks with global attention when ``window_size > 0``.
+        window_pad_mask: mask zero-padded window tokens (default) or not (ViTDet).
+        with_cp: activation checkpointing per block (saves memory when training).
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['s', 'small'], _arch(384, 12, 6)),
+        **dict.fromkeys(['b', 'base'], _arch(768, 12, 12)),
+        **dict.fromkeys(['l', 'large'], _arch(1024, 24, 16)),
+        **dict.fromkeys(['mae-b', 'mae-base'],
+                        _arch(768, 12, 12, 32 / 3, layer_scale_init=0.0, ffn_bias=True)),
+        **dict.fromkeys(['mae-l', 'mae-large'],
+                        _arch(1024, 24, 16, 32 / 3, layer_scale_init=0.0, ffn_bias=True)),
+    }
+    essential_keys = ('embed_dims', 'num_layers', 'num_heads')
+    arch_defaults = dict(feedforward_channels=None, layer_scale_init=0.0, ffn_bias=False)
+    OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+    num_extra_tokens: int
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 'b',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 with_cls_token: bool = True,
+                 cls_token_rope: str = 'none',
+                 rope_type: str = 'as2d',
+                 rope_theta: float = 10000.0,
+                 rope_anchor: Optional[Tuple[int, int]] = None,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 norm_eps: float = 1e-6,
+                 final_norm: bool = True,
+                 frozen_stages: int = -1,
+                 window_size: int = 0,
+                 global_attn_indexes: Sequence[int] = (),
+                 window_pad_mask: bool = True,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
+                                          self.arch_defaults, type(self).__name__)
+        a = self.arch_settings
+        self.embed_dims = int(a['embed_dims'])
+        self.num_layers = int(a['num_layers'])
+        self.num_heads = int(a['num_heads'])
+        ffn_hidden = a['feedforward_channels'] or swiglu_hidden(self.embed_dims)
+        head_dim = check_heads(self.embed_dims, self.num_heads)
+
+        if out_type not in self.OUT_TYPES:
+            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        if out_type == 'cls_token' and not with_cls_token:
+            raise ValueError('out_type="cls_token" needs with_cls_token=True')
+        if cls_token_rope not in PREFIX_MODES:
+            raise ValueError(f'cls_token_rope must be one of {PREFIX_MODES}, '
+                             f'got {cls_token_rope!r}')
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
+        self.out_type = out_type
+        self.with_cls_token = with_cls_token
+        self.num_extra_tokens = int(with_cls_token)
+        self.cls_token_rope = cls_token_rope
+
+        self.img_size = _pair(img_size)
+        self.patch_size = int(patch_size)
+        if self.patch_size <= 0:
+            raise ValueError(f'patch_size must be positive, got {patch_size}')
+        if min(self.img_size) < self.patch_size:
+            raise ValueError(f'img_size {self.img_size} is smaller than patch_size {patch_size}')
+        anchor = rope_anchor or tuple(-(-s // self.patch_size) for s in self.img_size)
+        self.patch_embed = PatchEmbed(in_channels, self.embed_dims, self.patch_size)
+        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta)
+
+        if with_cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+
+        # out_indices -> non-negative, validated
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence):
+            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
+        self.out_indices = []
+        for i in out_indices:
+            j = i + self.num_layers if i < 0 else i
+            if not 0 <= j < self.num_layers:
+                raise ValueError(f'out_indices {i} is out of range for {self.num_layers} layers')
+            self.out_indices.append(j)
+
+        # windows (ViTDet)
+        self.window_size = int(window_size)
+        self.global_attn_indexes = [int(i) % self.num_layers for i in global_attn_indexes]
+        if self.window_size > 0 and with_cls_token:
+            raise ValueError('window attention (window_size > 0) needs with_cls_token=False')
+        for i in global_attn_indexes:
+            if not -self.num_layers <= i < self.num_layers:
+                raise ValueError(f'global_attn_indexes {i} is out of range for '
+                                 f'{self.num_layers} layers')
+
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(self.num_layers):
+            windowed = self.window_size > 0 and i not in self.global_attn_indexes
+            self.layers.append(
+                VisionLLaMABlock(
+                    self.embed_dims, self.num_heads, ffn_hidden, qkv_bias=qkv_bias,
+                    ffn_bias=a['ffn_bias'], layer_scale_init=a['layer_scale_init'],
+                    drop_path=dpr[i], attn_drop=attn_drop_rate, drop=drop_rate,
+                    norm_eps=norm_eps, window_size=self.window_size if windowed else 0,
+                    window_pad_mask=window_pad_mask))
+        self.with_cp = with_cp
+        self.drop_after_pos = nn.Dropout(drop_rate)
+
+        self.final_norm = final_norm
+        if final_norm:
+            self.ln1 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+        if out_type == 'avg_featmap':
+            self.ln2 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+
+        if not -1 <= frozen_stages <= self.num_layers:
+            raise ValueError(f'frozen_stages must be in [-1, {self.num_layers}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
+        if frozen_stages > 0:
+            self._freeze_stages()
+
+    # ------------------------------------------------------------------ init / loading
+    def init_weights(self) -> None:
+        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
+        if not pretrained:
+            self.apply(_init_module)
+            if self.with_cls_token:
+                nn.init.trunc_normal_(self.cls_token, std=0.02)
+        super().init_weights()
+
+    def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Drop checkpoint entries this backbone has no use for, saying why."""
+        logger = MMLogger.get_current_instance()
+        key = prefix + 'pos_embed'
+        if key in state_dict:
+            del state_dict[key]
+            logger.info(f'{key}: dropped. VisionLLaMA encodes positions with RoPE; the '
+                        'absolute position embedding of MAE checkpoints is unused.')
+        key = prefix + 'cls_token'
+        if key in state_dict and not self.with_cls_token:
+            del state_dict[key]
+            logger.info(f'{key}: dropped. This backbone has with_cls_token=False.')
+        if not self.final_norm:
+            for name in [k for k in state_dict if k.startswith(prefix + 'ln1.')]:
+                del state_dict[name]
+                logger.info(f'{name}: dropped. This backbone has final_norm=False.')
+
+    # ------------------------------------------------------------------ freezing
+    def _freeze_module(self, m: nn.Module) -> None:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad = False
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages <= 0:
+            return
+        self._freeze_module(self.patch_embed)
+        if self.with_cls_token:
+            self.cls_token.requires_grad = False
+        for i in range(self.frozen_stages):
+            self._freeze_module(self.layers[i])
+        if self.frozen_stages == self.num_layers:
+            for name in ('ln1', 'ln2'):
+                if hasattr(self, name):
+                    self._freeze_module(getattr(self, name))
+
+    def train(self, mode: bool = True) -> 'VisionLLaMA':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Images [B, C, H, W] -> tokens [B, N(+1), D] (class token first) and grid (h, w)."""
+        x, hw = self.patch_embed(x)
+        if self.with_cls_token:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.drop_after_pos(x), hw
+
+    def rope_tables(self, hw: Tuple[int, int], device: torch.device):
+        """(global table, window table) for this grid; cached inside :class:`RoPE2D`."""
+        glob = self.rope.grid(hw[0], hw[1], device, self.num_extra_tokens,
+                              self.cls_token_rope)
+        win = None
+        if self.window_size > 0:  # window-local positions 0..ws-1, never rescaled
+            win = self.rope.grid(self.window_size, self.window_size, device, scale=(1.0, 1.0))
+        return glob, win
+
+    def forward_layers(self, x: Tensor, hw: Tuple[int, int], glob, win,
+                       out_indices: Sequence[int]) -> List[Tensor]:
+        """Run the blocks on tokens x and collect the formatted outputs."""
+        outs = []
+        for i, layer in enumerate(self.layers):
+            table = win if layer.window_size > 0 else glob
+            if self.with_cp and x.requires_grad:
+                x = torch.utils.checkpoint.checkpoint(layer, x, hw, table, use_reentrant=False)
+            else:
+                x = layer(x, hw, table)
+            if i == self.num_layers - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in out_indices:
+                outs.append(self._format_output(x, hw))
+        return outs
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        x, hw = self.embed(x)
+        glob, win = self.rope_tables(hw, x.device)
+        return tuple(self.forward_layers(x, hw, glob, win, self.out_indices))
+
+    def _format_output(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patch_tokens = x[:, self.num_extra_tokens:]  # [B, h*w, C]
+        if self.out_type == 'featmap':
+            B, _, C = patch_tokens.shape
+            return patch_tokens.transpose(1, 2).reshape(B, C, *hw)
+        return self.ln2(patch_tokens.mean(dim=1))  # avg_featmap
+
+    # ------------------------------------------------------------------ lr decay
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer id of a parameter for layer-wise lr decay (mmpretrain convention).
+
+        Embeddings -> 0, block i -> i + 1, everything after the blocks -> L + 1;
+        returns ``(layer_depth, L + 2)``. Names outside ``prefix`` belong to the head.
+        """
+        num_layers = self.num_layers + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed'):
+            depth = 0
+        elif name.startswith('layers.'):
+            depth = int(name.split('.')[1]) + 1
+        else:
+            depth = num_layers - 1
+        return depth, num_layers
+
+
+def _init_module(m: nn.Module) -> None:
+    """Default init: trunc-normal(0.02) linears, zero biases, conv like a linear layer."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        w = m.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -5,11 +5,29 @@ means safe unpickling, which rejects the few non-tensor objects mmengine itself 
 into checkpoints (``message_hub`` history buffers holding numpy arrays/scalars). Rather
 than turning safe loading off for every file, allow-list exactly those classes.
 """
-from typing import List
+import pickle
+from typing import Any, List
 
 import torch
 
 _done = False
+_HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
+
+
+def history_buffer_getattr(obj: Any, name: str) -> Any:
+    """A ``getattr`` that only resolves ``HistoryBuffer.<statistics method>``.
+
+    mmengine's ``HistoryBuffer.__getstate__`` pickles its statistics methods by reference
+    (``getattr(HistoryBuffer, 'mean')``), so every mmengine training checkpoint with a
+    message hub contains ``builtins.getattr`` calls. Allow-listing the real ``getattr``
+    would let a file reach arbitrary objects; this stand-in refuses anything else.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f'refusing getattr({getattr(obj, "__name__", type(obj).__name__)}, {name!r}) '
+        'while loading a checkpoint (only HistoryBuffer statistics methods are allowed)')
 
 
 def mmengine_checkpoint_globals() -> List:
@@ -17,13 +35,19 @@ def mmengine_checkpoint_globals() -> List:
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed numpy.core
+    if int(np.__version__.split('.')[0]) >= 2:  # numpy 2 renamed numpy.core
+        from numpy import _core as core
+    else:
+        from numpy import core
     safe = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct,
             core.multiarray.scalar]
     # numpy >= 1.25 pickles dtypes as instances of per-type classes (Float64DType ...)
     dtypes = getattr(np, 'dtypes', None)
     if dtypes is not None:
         safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
+    # protocol 2 (torch.save's default) names it __builtin__, later protocols builtins
+    safe += [(history_buffer_getattr, '__builtin__.getattr'),
+             (history_buffer_getattr, 'builtins.getattr')]
     return safe
 
 

@@ -55,8 +55,22 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
             cfg.load_from = args.resume
         if getattr(args, 'no_validate', False):
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    if cfg.launcher != 'none':
+        use_gloo_without_cuda(cfg)
     import_plugin(cfg)
     return cfg
+
+
+def use_gloo_without_cuda(cfg: Config) -> None:
+    """NCCL needs CUDA: on a machine without it, distributed runs use gloo."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        print('[vllama_mm] CUDA is not available: using the gloo backend for distributed runs')
+        dist_cfg['backend'] = 'gloo'
 
 
 def build_runner(cfg: Config):

@@ -181,7 +181,7 @@ class VisionLLaMA(BaseModule):
                 raise ValueError(f'global_attn_indexes {i} is out of range for '
                                  f'{self.num_layers} layers')
 
-        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        dpr = [drop_path_rate * i / max(1, self.num_layers - 1) for i in range(self.num_layers)]
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             windowed = self.window_size > 0 and i not in self.global_attn_indexes

@@ -6,9 +6,11 @@ from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
-from .models import VisionLLaMA
+from .models import LN2d, PyramidVisionLLaMA, SimpleFPN, VisionLLaMA
 from .registry_utils import register_modules
 
-register_modules(MODELS, [VisionLLaMA])
+# LN2d in MODELS: mmcv's build_norm_layer resolves norm_cfg=dict(type='LN2d') in the
+# caller's scope, so mmdet heads and necks can use it
+register_modules(MODELS, [VisionLLaMA, PyramidVisionLLaMA, SimpleFPN, LN2d])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
 allow_mmengine_checkpoints()

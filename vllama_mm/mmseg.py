@@ -6,9 +6,9 @@ from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
-from .models import VisionLLaMA
+from .models import VisionLLaMA, PyramidVisionLLaMA
 from .registry_utils import register_modules
 
-register_modules(MODELS, [VisionLLaMA])
+register_modules(MODELS, [VisionLLaMA, PyramidVisionLLaMA])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
 allow_mmengine_checkpoints()

@@ -39,15 +39,17 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` plus ``paramwise_cfg.layer_decay_rate``."""
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
+        # kept in paramwise_cfg (never empty here): the parent only calls add_params
+        # when paramwise_cfg is truthy
         paramwise_cfg = dict(paramwise_cfg or {})
-        self.layer_decay_rate = float(paramwise_cfg.pop('layer_decay_rate', 1.0))
-        self.flat_decay_mult = paramwise_cfg.pop('flat_decay_mult', None)
-        allowed = {'custom_keys'}
+        paramwise_cfg.setdefault('layer_decay_rate', 1.0)
+        self.layer_decay_rate = float(paramwise_cfg['layer_decay_rate'])
+        self.flat_decay_mult = paramwise_cfg.get('flat_decay_mult', None)
+        allowed = {'layer_decay_rate', 'flat_decay_mult', 'custom_keys'}
         unknown = set(paramwise_cfg) - allowed
         if unknown:
             raise ValueError(f'LayerDecayOptimWrapperConstructor: unknown paramwise_cfg keys '
-                             f'{sorted(unknown)}; supported: layer_decay_rate, '
-                             f'flat_decay_mult, custom_keys')
+                             f'{sorted(unknown)}; supported: {sorted(allowed)}')
         if not 0.0 < self.layer_decay_rate <= 1.0:
             raise ValueError(f'layer_decay_rate must be in (0, 1], got {self.layer_decay_rate}')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)

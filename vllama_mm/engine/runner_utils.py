@@ -62,7 +62,13 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
 
 
 def use_gloo_without_cuda(cfg: Config) -> None:
-    """NCCL needs CUDA: on a machine without it, distributed runs use gloo."""
+    """Distributed runs on a machine without CUDA: gloo backend, CPU DDP.
+
+    mmengine 0.10.7 assumes CUDA for ``--launcher pytorch`` (it calls
+    ``torch.cuda.set_device`` and gives DDP ``device_ids``); NCCL needs CUDA too. Here the
+    process group is created with gloo by :func:`build_runner` (mmengine then skips its
+    own init) and DDP is built without device ids.
+    """
     import torch
     if torch.cuda.is_available():
         return
@@ -71,6 +77,26 @@ def use_gloo_without_cuda(cfg: Config) -> None:
     if dist_cfg.get('backend', 'nccl') == 'nccl':
         print('[vllama_mm] CUDA is not available: using the gloo backend for distributed runs')
         dist_cfg['backend'] = 'gloo'
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def _init_cpu_process_group(cfg: Config) -> None:
+    import torch
+    import torch.distributed as dist
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available() \
+            or dist.is_initialized():
+        return
+    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
+    backend = dist_cfg.pop('backend', 'gloo')
+    timeout = dist_cfg.pop('timeout', None)
+    kwargs = {}
+    if timeout is not None:
+        import datetime
+        kwargs['timeout'] = datetime.timedelta(seconds=timeout)
+    dist.init_process_group(backend=backend, **kwargs)
 
 
 def build_runner(cfg: Config):
@@ -78,6 +104,7 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     allow_mmengine_checkpoints()
+    _init_cpu_process_group(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)

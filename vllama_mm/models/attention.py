@@ -39,6 +39,12 @@ class RoPEAttention(nn.Module):
         sr_ratio: > 1 makes keys/values come from a ``Conv(k=s=sr) + LN`` sub-sampled
             map (the pyramid's GSA); then ``forward`` needs ``hw`` and a key table.
         norm_eps: eps of the sub-sampling LayerNorm.
+        sr_pad: with pooled keys on a grid that is not a multiple of ``sr_ratio``, zero
+            pad the map bottom/right to a multiple before the conv, giving a
+            ``ceil(H/sr) x ceil(W/sr)`` key grid (default; also works when H or W < sr).
+            ``False`` lets the conv floor (``floor(H/sr) x floor(W/sr)``, trailing rows and
+            columns unseen by keys), as the official pyramid code does. Settable after
+            construction (``attn.sr_pad``); not a parameter.
 
     Parameters: ``qkv`` [3C, C] (rows q|k|v, head-major) when ``sr_ratio == 1``;
     otherwise ``q`` [C, C], ``kv`` [2C, C] (rows k|v), ``sr`` and ``norm``.
@@ -46,11 +52,12 @@ class RoPEAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
                  proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 sr_ratio: int = 1, norm_eps: float = 1e-5):
+                 sr_ratio: int = 1, norm_eps: float = 1e-5, sr_pad: bool = True):
         super().__init__()
         self.head_dim = check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.sr_ratio = int(sr_ratio)
+        self.sr_pad = bool(sr_pad)
         if self.sr_ratio < 1:
             raise ValueError(f'sr_ratio must be >= 1, got {sr_ratio}')
         if self.sr_ratio == 1:
@@ -87,7 +94,14 @@ class RoPEAttention(nn.Module):
                 raise ValueError('pooled-key attention needs hw and a key RoPE table')
             H, W = hw
             q = self._heads(self.q(x))[0]
-            pooled = self.sr(x.transpose(1, 2).reshape(B, C, H, W))  # [B, C, H/sr, W/sr]
+            x_map = x.transpose(1, 2).reshape(B, C, H, W)
+            sr = self.sr_ratio
+            if self.sr_pad and (H % sr or W % sr):
+                x_map = F.pad(x_map, (0, (-W) % sr, 0, (-H) % sr))  # bottom/right zeros
+            elif not self.sr_pad and (H < sr or W < sr):
+                raise ValueError(f'token grid {H}x{W} is smaller than sr_ratio {sr}; '
+                                 'use sr_pad=True to pad it before sub-sampling')
+            pooled = self.sr(x_map)  # [B, C, H/sr, W/sr] (ceil with sr_pad, else floor)
             pooled = self.norm(pooled.flatten(2).transpose(1, 2))  # [B, Nk, C]
             k, v = self._heads(self.kv(pooled))
         q = apply_rope(q, rope_q)

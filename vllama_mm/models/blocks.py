@@ -88,19 +88,22 @@ class VisionLLaMABlock(BaseModule):
             mask the zero-padded keys (default) or let them take part unmasked (the
             official pyramid LSA and ViTDet behaviour).
         sr_ratio: > 1 gives pooled keys/values (the pyramid's GSA).
+        sr_pad: pad the map to a multiple of ``sr_ratio`` before pooling (see
+            :class:`RoPEAttention`).
     """
 
     def __init__(self, dim: int, num_heads: int, ffn_hidden: int, qkv_bias: bool = True,
                  ffn_bias: bool = False, layer_scale_init: float = 0.0,
                  drop_path: float = 0.0, attn_drop: float = 0.0, drop: float = 0.0,
                  norm_eps: float = 1e-6, window_size: int = 0, window_pad_mask: bool = True,
-                 sr_ratio: int = 1, init_cfg=None):
+                 sr_ratio: int = 1, sr_pad: bool = True, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.window_size = int(window_size)
         self.window_pad_mask = window_pad_mask
         self.ln1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = RoPEAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                  proj_drop=drop, sr_ratio=sr_ratio, norm_eps=norm_eps)
+                                  proj_drop=drop, sr_ratio=sr_ratio, norm_eps=norm_eps,
+                                  sr_pad=sr_pad)
         self.ln2 = nn.LayerNorm(dim, eps=norm_eps)
         self.ffn = SwiGLU(dim, ffn_hidden, bias=ffn_bias, drop=drop)
         if layer_scale_init > 0:

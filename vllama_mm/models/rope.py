@@ -165,7 +165,10 @@ class RoPE2D(nn.Module):
             return None
         table = self._cache.get(key)
         if table is None:
-            table = build()
+            # built outside inference mode: a table first made under torch.inference_mode()
+            # would otherwise be an inference tensor, unusable by a later training step
+            with torch.inference_mode(False):
+                table = build()
             self._cache[key] = table
             if len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)

@@ -1,0 +1,20 @@
+# MAE pre-training of plain VisionLLaMA-L (released Large-MAE layout, arch 'mae-l') for 1600
+# epochs: mmpretrain's 1600-epoch MAE ViT-L recipe with the VisionLLaMAMAE encoder.
+_base_ = 'mmpretrain::mae/mae_vit-large-p16_8xb512-amp-coslr-1600e_in1k.py'
+
+custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='VisionLLaMAMAE',
+        arch='mae-l',
+        img_size=224,
+        patch_size=16,
+        mask_ratio=0.75,
+        init_cfg=dict(type='Xavier', layer='Linear', distribution='uniform')),
+    neck=dict(embed_dim=1024))
+
+# Re-declared here: inherited through `mmpretrain::`, the base's collate_fn dict carries a
+# `_scope_` key that mmengine's Runner would pass on to default_collate() as an argument.
+train_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))

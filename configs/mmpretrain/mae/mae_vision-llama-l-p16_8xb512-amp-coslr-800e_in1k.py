@@ -1,0 +1,22 @@
+# MAE pre-training of plain VisionLLaMA-L for 800 epochs: mmpretrain's MAE ViT-L recipe
+# (8 x 512 = 4096 images, AdamW 2.4e-3, betas (0.9, 0.95), wd 0.05, mask 0.75, norm_pix, decoder
+# fed from 1024-d latents) with the VisionLLaMAMAE encoder in the released Large-MAE layout
+# (arch 'mae-l': d 1024, 24 layers, fused biased SwiGLU 11008, no layer scale).
+_base_ = 'mmpretrain::mae/mae_vit-large-p16_8xb512-amp-coslr-800e_in1k.py'
+
+custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='VisionLLaMAMAE',
+        arch='mae-l',
+        img_size=224,
+        patch_size=16,
+        mask_ratio=0.75,
+        init_cfg=dict(type='Xavier', layer='Linear', distribution='uniform')),
+    neck=dict(embed_dim=1024))
+
+# Re-declared here: inherited through `mmpretrain::`, the base's collate_fn dict carries a
+# `_scope_` key that mmengine's Runner would pass on to default_collate() as an argument.
+train_dataloader = dict(collate_fn=dict(_delete_=True, type='default_collate'))

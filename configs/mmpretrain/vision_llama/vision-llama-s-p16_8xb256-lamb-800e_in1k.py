@@ -1,0 +1,139 @@
+# Plain VisionLLaMA-S, supervised on ImageNet-1k with the DeiT III recipe (paper §ImageNet
+# supervised, plain models; the authors' command line for S): class token, 3-Augment, binary
+# cross-entropy with Mixup 0.8 / CutMix 1.0, LAMB lr 4e-3 (not rescaled by batch size), wd 0.05,
+# 800 epochs with a 5-epoch warm-up and cosine decay to 1e-5, drop path 0.05, layer scale 1e-4,
+# repeated augmentation (3 repeats), 224 px, 8 GPUs x 256 images = 2048 per iteration.
+# Evaluation: short side resized to the crop size, then centre crop (crop ratio 1.0).
+# Mixed precision as the authors ran it: `tools/train.py CONFIG --amp` (or dist_train.sh ... --amp).
+#
+# Known difference from DeiT III: its BCE binarises the mixed targets (every class with a
+# non-zero Mixup/CutMix weight becomes 1); mmpretrain's CrossEntropyLoss(use_sigmoid=True) uses
+# the soft Mixup/CutMix targets as they are.
+#
+# This file is also the base of the B and L configs in this folder.
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs64_deit3_224.py',
+    'mmpretrain::_base_/schedules/imagenet_bs4096_AdamW.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+
+# ---------------------------------------------------------------- model
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(
+        type='VisionLLaMA',
+        arch='s',  # d 384, 12 layers, 6 heads, bias-free SwiGLU 1024, layer scale 1e-4
+        img_size=224,  # AS2DRoPE anchor: the 14x14 training grid
+        patch_size=16,
+        with_cls_token=True,
+        out_type='cls_token',
+        drop_path_rate=0.05),
+    neck=None,
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=384,
+        # DeiT III's BCEWithLogitsLoss averages over batch x classes; mmpretrain's head sums
+        # over classes and averages over the batch, hence loss_weight = 1 / num_classes.
+        # The scale matters: LAMB clips the global gradient norm at 1.0.
+        loss=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1 / 1000),
+        topk=(1, 5)),
+    init_cfg=[
+        dict(type='TruncNormal', layer='Linear', std=.02),
+        dict(type='Constant', layer='LayerNorm', val=1., bias=0.),
+    ],
+    train_cfg=dict(augments=[
+        dict(type='Mixup', alpha=0.8),
+        dict(type='CutMix', alpha=1.0),
+    ]))
+
+# ---------------------------------------------------------------- data
+# 3-Augment (DeiT III): random-resized crop + flip, then exactly one of grayscale / solarize /
+# Gaussian blur (radius uniform in [0.1, 2]), then colour jitter 0.3. No RandAugment, no
+# random erasing. Images are BGR until the data preprocessor (to_rgb=True).
+img_size = 224
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(
+        type='RandomResizedCrop',
+        scale=img_size,
+        crop_ratio_range=(0.08, 1.0),
+        backend='pillow',
+        interpolation='bicubic'),
+    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+    dict(
+        type='RandomChoice',
+        transforms=[
+            dict(type='RandomGrayscale', prob=1.0, keep_channels=True, color_format='bgr'),
+            dict(type='Solarize', thr=128, prob=1.0),
+            dict(
+                type='GaussianBlur',
+                magnitude_range=(0.1, 2.0),
+                magnitude_level=10,
+                total_level=10,
+                magnitude_std='inf',  # uniform in [0, level] -> radius uniform in [0.1, 2]
+                prob=1.0),
+        ]),
+    dict(type='ColorJitter', brightness=0.3, contrast=0.3, saturation=0.3),
+    dict(type='PackInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeEdge', scale=img_size, edge='short', backend='pillow',
+         interpolation='bicubic'),
+    dict(type='CenterCrop', crop_size=img_size),
+    dict(type='PackInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=256,
+    num_workers=10,
+    persistent_workers=True,
+    # DeiT's repeated augmentation: each image 3 times per epoch, spread over the GPUs
+    sampler=dict(type='RepeatAugSampler', shuffle=True, num_repeats=3),
+    dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(batch_size=256, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+# ---------------------------------------------------------------- schedule
+# LAMB as DeiT III (betas 0.9/0.999, eps 1e-6, global grad-norm clip 1.0 inside LAMB); no
+# weight decay on 1-D parameters (norms, biases, layer scale) nor on the class token.
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='Lamb', lr=4e-3, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-6),
+    paramwise_cfg=dict(
+        flat_decay_mult=0.0,
+        custom_keys={'.cls_token': dict(decay_mult=0.0)}))
+
+max_epochs = 800
+warmup_epochs = 5
+param_scheduler = [
+    # warm-up from 1e-6 (DeiT's warmup_lr) to the base lr
+    dict(
+        type='LinearLR',
+        start_factor=1e-6 / 4e-3,
+        by_epoch=True,
+        begin=0,
+        end=warmup_epochs,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs - warmup_epochs,
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=warmup_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True),
+]
+
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=10)
+
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3))
+randomness = dict(seed=0, diff_rank_seed=True)
+
+# The lr is the authors' absolute value for 8 x 256 = 2048 images per iteration
+# (`--auto-scale-lr` rescales it linearly for other batch sizes).
+auto_scale_lr = dict(base_batch_size=2048)

@@ -1,0 +1,427 @@
+"""Pyramid VisionLLaMA: the Twins-SVT layout with RoPE/SwiGLU blocks (DESIGN.md §2.4).
+
+Four stages; each starts with a Conv(k=s=4, then 2) + LN patch embedding and alternates
+locally-grouped attention (LSA: 7×7 windows, window-local RoPE) with global
+sub-sampled attention (GSA: keys/values from a Conv(k=s=sr) + LN map, sr = 8, 4, 2, 1).
+There is no conditional position encoding: positions enter through 2D RoPE only.
+"""
+import copy
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.utils.checkpoint
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from .attention import check_heads
+from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .rope import RoPE2D, RopeTable, _pair, grid_positions
+from .vision_llama import _init_module, resolve_arch
+
+NUM_STAGES = 4
+HEAD_DIM = 32
+
+
+def _arch(embed_dims: Sequence[int], depths: Sequence[int]) -> Dict:
+    return dict(embed_dims=list(embed_dims), depths=list(depths),
+                num_heads=[d // HEAD_DIM for d in embed_dims])
+
+
+class PyramidVisionLLaMA(BaseModule):
+    """Pyramid VisionLLaMA backbone (Twins-SVT layout, no conditional position encoding).
+
+    Args:
+        arch: ``'s'``/``'small'``, ``'b'``/``'base'``, ``'l'``/``'large'`` or a dict with
+            ``embed_dims`` and ``depths`` (4 ints each) and optionally ``num_heads``
+            (default ``embed_dims / 32``), ``sr_ratios`` (default ``[8, 4, 2, 1]``),
+            ``feedforward_channels`` (default ``ceil256(int(8d/3))`` per stage),
+            ``layer_scale_init`` (default 1e-4), ``ffn_bias`` (default False).
+        img_size: pre-training input size; fixes each stage's AS2DRoPE anchor grid
+            (224 -> 56, 28, 14, 7).
+        in_channels: input channels.
+        out_type: ``'featmap'``: per-stage LN (``norms.{s}``) then [B, C_s, H_s, W_s]
+            maps at ``out_indices`` (UperNet, FPN); ``'avg_featmap'``: [B, C_4], see
+            ``double_final_norm``.
+        out_indices: stages returned; default (0, 1, 2, 3) for ``featmap`` and (3,) for
+            ``avg_featmap`` (which only supports the last stage).
+        double_final_norm: ``avg_featmap`` only. False (default): ``norm(mean(x))``, GAP
+            then the LN before the classifier. True: ``norm(mean(norm(x)))``, the
+            official classifier, which applies the same ``norm`` twice.
+        window_size: LSA window (7).
+        window_pad_mask: LSA windows on grids that are not multiples of the window are
+            zero padded; True (default) masks the padded keys, False lets them take part
+            (the official behaviour).
+        gsa_pool: ``'pad'`` (default) zero pads a stage map to a multiple of sr before
+            the GSA sub-sampling conv (``ceil(H/sr) x ceil(W/sr)`` keys, any input size
+            works); ``'floor'`` lets the conv drop trailing rows/columns like the
+            official code (``floor(H/sr) x floor(W/sr)`` keys; stage grids smaller than
+            sr raise ValueError). Identical when the grid is a multiple of sr.
+        rope_compat: GSA key positions. ``'correct'`` (default): each pooled key at the
+            centre of the sr×sr cell it pools, ``sr*i + (sr-1)/2`` per axis.
+            ``'official'``: the released weights' layout, key m at
+            ``x = o + sr*(m mod W)``, ``y = o + sr*(m div W)``, ``o = 1 - 1/sr``.
+        rope_scale: GSA position scale (queries and keys; LSA is never rescaled).
+            None (default): from ``rope_type``, i.e. AS2DRoPE ``anchor/grid`` per axis
+            with the stage's pre-training grid as anchor (1 at ``img_size``);
+            ``'official'``: ``14 / H_stage`` on both axes (official seg/det code);
+            a number: that scale on both axes (``1.0`` = official classification).
+            Official weights: classification ``rope_compat='official', rope_scale=1.0``;
+            seg/det ``rope_compat='official', rope_scale='official'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'`` or ``'none'``.
+        rope_theta: RoPE base.
+        rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
+            stages halve it, rounding up).
+        qkv_bias: bias of the q/k/v projections.
+        drop_rate, attn_drop_rate, drop_path_rate: dropouts; drop path grows linearly
+            over all blocks of all stages.
+        norm_eps: LayerNorm eps.
+        frozen_stages: freeze the patch embedding, blocks and output norm of stages
+            ``0..frozen_stages-1`` (and ``norm`` when all 4 are frozen); kept after
+            ``train()``. -1 or 0 freezes nothing.
+        with_cp: activation checkpointing per block.
+        init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+
+    Parameter names (what a converter maps the official ``model`` dict onto):
+
+    ========================================  =============================================
+    official                                  here
+    ========================================  =============================================
+    ``patch_embeds.{s}.proj.*``               ``patch_embeds.{s}.projection.*``
+    ``patch_embeds.{s}.norm.*``               ``patch_embeds.{s}.norm.*``
+    ``blocks.{s}.{j}.norm1.*`` / ``norm2.*``  ``stages.{s}.{j}.ln1.*`` / ``ln2.*``
+    ``blocks.{s}.{j}.gamma_1`` / ``gamma_2``  ``stages.{s}.{j}.ls1.weight`` / ``ls2.weight``
+    ``.mlp.c_fc1.weight`` + ``.c_fc2.weight`` ``stages.{s}.{j}.ffn.w12.weight`` =
+                                              ``cat([c_fc1, c_fc2])`` (rows gate | up)
+    ``.mlp.c_proj.weight``                    ``stages.{s}.{j}.ffn.w3.weight``
+    ``.attn.qkv.*`` (LSA, j even)             ``stages.{s}.{j}.attn.qkv.*``
+    ``.attn.q.*``, ``.attn.kv.*`` (GSA, sr>1) ``stages.{s}.{j}.attn.q.*``, ``attn.kv.*``
+    ``.attn.sr.*``, ``.attn.norm.*``          ``stages.{s}.{j}.attn.sr.*``, ``attn.norm.*``
+    ``.attn.q.*`` + ``.attn.kv.*`` (sr = 1)   ``stages.{s}.{j}.attn.qkv.*`` = ``cat([q, kv])``
+    ``.attn.proj.*``                          ``stages.{s}.{j}.attn.proj.*``
+    ``norm.*``                                ``norm.*`` (``avg_featmap`` only)
+    ``head.*``                                the classifier head (``head.fc.*`` in mmpretrain)
+    ========================================  =============================================
+
+    ``norms.{s}.*`` (per-stage output LNs of ``featmap`` mode) have no official
+    counterpart in the classification weights. RoPE tables live in ``ropes.{s}``
+    (one :class:`RoPE2D` per stage), never in the state dict.
+    """
+
+    arch_zoo = {
+        **dict.fromkeys(['s', 'small'], _arch([64, 128, 256, 512], [2, 2, 10, 4])),
+        **dict.fromkeys(['b', 'base'], _arch([96, 192, 384, 768], [2, 2, 18, 2])),
+        **dict.fromkeys(['l', 'large'], _arch([128, 256, 512, 1024], [2, 2, 18, 2])),
+    }
+    essential_keys = ('embed_dims', 'depths')
+    arch_defaults = dict(num_heads=None, sr_ratios=[8, 4, 2, 1], feedforward_channels=None,
+                         layer_scale_init=1e-4, ffn_bias=False)
+    OUT_TYPES = ('featmap', 'avg_featmap')
+    ROPE_TYPES = ('as2d', '2d', 'ntk', 'none')
+    ROPE_COMPAT = ('correct', 'official')
+    GSA_POOL = ('pad', 'floor')
+    OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 'b',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 in_channels: int = 3,
+                 out_type: str = 'featmap',
+                 out_indices: Optional[Union[int, Sequence[int]]] = None,
+                 double_final_norm: bool = False,
+                 window_size: int = 7,
+                 window_pad_mask: bool = True,
+                 gsa_pool: str = 'pad',
+                 rope_compat: str = 'correct',
+                 rope_scale: Optional[Union[str, float]] = None,
+                 rope_type: str = 'as2d',
+                 rope_theta: float = 10000.0,
+                 rope_anchor: Optional[Tuple[int, int]] = None,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 norm_eps: float = 1e-5,
+                 frozen_stages: int = -1,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        a = self._resolve_arch(arch)
+        self.arch_settings = a
+        self.embed_dims: List[int] = a['embed_dims']
+        self.depths: List[int] = a['depths']
+        self.num_heads: List[int] = a['num_heads']
+        self.sr_ratios: List[int] = a['sr_ratios']
+        ffn_hidden: List[int] = a['feedforward_channels']
+
+        # -- options ---------------------------------------------------------------
+        for name, value, allowed in (('out_type', out_type, self.OUT_TYPES),
+                                     ('rope_type', rope_type, self.ROPE_TYPES),
+                                     ('rope_compat', rope_compat, self.ROPE_COMPAT),
+                                     ('gsa_pool', gsa_pool, self.GSA_POOL)):
+            if value not in allowed:
+                raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
+        if rope_scale is not None and rope_scale != 'official':
+            if isinstance(rope_scale, bool) or not isinstance(rope_scale, (int, float)) \
+                    or not rope_scale > 0:
+                raise ValueError("rope_scale must be None, 'official' or a positive number, "
+                                 f'got {rope_scale!r}')
+            rope_scale = float(rope_scale)
+        if int(window_size) <= 0:
+            raise ValueError(f'window_size must be positive, got {window_size}')
+        self.out_type = out_type
+        self.double_final_norm = bool(double_final_norm)
+        self.window_size = int(window_size)
+        self.window_pad_mask = bool(window_pad_mask)
+        self.gsa_pool = gsa_pool
+        self.rope_compat = rope_compat
+        self.rope_scale = rope_scale
+        self.out_indices = self._resolve_out_indices(out_indices, out_type)
+
+        # -- RoPE, one per stage, anchored at the stage's pre-training grid ----------
+        self.img_size = _pair(img_size)
+        if min(self.img_size) < 4:
+            raise ValueError(f'img_size {self.img_size} is smaller than the stem stride 4')
+        anchor = _pair(rope_anchor) if rope_anchor is not None else \
+            tuple(math.ceil(s / 4) for s in self.img_size)
+        self.ropes = nn.ModuleList()
+        for _ in range(NUM_STAGES):
+            self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta))
+            anchor = tuple(math.ceil(s / 2) for s in anchor)
+
+        # -- stages ------------------------------------------------------------------
+        total = sum(self.depths)
+        dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear
+        self.patch_embeds = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        prev, cursor = in_channels, 0
+        for s in range(NUM_STAGES):
+            dim = self.embed_dims[s]
+            self.patch_embeds.append(
+                PatchEmbed(prev, dim, 4 if s == 0 else 2, norm=True, norm_eps=norm_eps))
+            blocks = nn.ModuleList()
+            for j in range(self.depths[s]):
+                lsa = j % 2 == 0
+                blk = VisionLLaMABlock(
+                    dim, self.num_heads[s], ffn_hidden[s], qkv_bias=qkv_bias,
+                    ffn_bias=a['ffn_bias'], layer_scale_init=a['layer_scale_init'],
+                    drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate,
+                    norm_eps=norm_eps, window_size=self.window_size if lsa else 0,
+                    window_pad_mask=self.window_pad_mask,
+                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=gsa_pool == 'pad')
+                blocks.append(blk)
+            self.stages.append(blocks)
+            prev, cursor = dim, cursor + self.depths[s]
+        self.with_cp = with_cp
+
+        # -- output norms --------------------------------------------------------------
+        if out_type == 'featmap':
+            # ModuleDict keyed '0'..'3': same names as a ModuleList, only returned stages
+            self.norms = nn.ModuleDict({
+                str(s): nn.LayerNorm(self.embed_dims[s], eps=norm_eps)
+                for s in self.out_indices})
+        else:
+            self.norm = nn.LayerNorm(self.embed_dims[-1], eps=norm_eps)
+
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ arguments
+    def _resolve_arch(self, arch: Union[str, Dict]) -> Dict:
+        owner = type(self).__name__
+        a = resolve_arch(arch, self.arch_zoo, self.essential_keys, self.arch_defaults, owner)
+        for key, value in self.arch_defaults.items():  # zoo presets carry only the sizes
+            a.setdefault(key, copy.deepcopy(value))
+        if isinstance(a['layer_scale_init'], bool) or \
+                not isinstance(a['layer_scale_init'], (int, float)) or a['layer_scale_init'] < 0:
+            raise ValueError(f'{owner}: arch layer_scale_init must be a number >= 0, '
+                             f'got {a["layer_scale_init"]!r}')
+        for key in ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'feedforward_channels'):
+            if a[key] is None:
+                continue
+            v = a[key]
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or \
+                    len(v) != NUM_STAGES:
+                raise ValueError(f'{owner}: arch {key!r} must be a list of {NUM_STAGES} '
+                                 f'ints (one per stage), got {v!r}')
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v):
+                raise ValueError(f'{owner}: arch {key!r} must hold positive ints, got {v!r}')
+            a[key] = list(v)
+        if a['num_heads'] is None:
+            for d in a['embed_dims']:
+                if d % HEAD_DIM:
+                    raise ValueError(f'{owner}: embed dims {d} is not a multiple of the head '
+                                     f'dim {HEAD_DIM}; pass num_heads explicitly')
+            a['num_heads'] = [d // HEAD_DIM for d in a['embed_dims']]
+        for d, h in zip(a['embed_dims'], a['num_heads']):
+            if check_heads(d, h) != HEAD_DIM:
+                raise ValueError(f'{owner}: head dim must be {HEAD_DIM} in every stage '
+                                 f'(one RoPE table per stage), got {d}/{h} = {d // h}')
+        if a['feedforward_channels'] is None:
+            a['feedforward_channels'] = [swiglu_hidden(d) for d in a['embed_dims']]
+        return a
+
+    @staticmethod
+    def _resolve_out_indices(out_indices, out_type: str) -> List[int]:
+        if out_indices is None:
+            out_indices = (0, 1, 2, 3) if out_type == 'featmap' else (NUM_STAGES - 1,)
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence):
+            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
+        result = []
+        for i in out_indices:
+            j = i + NUM_STAGES if i < 0 else i
+            if not 0 <= j < NUM_STAGES:
+                raise ValueError(f'out_indices {i} is out of range for {NUM_STAGES} stages')
+            result.append(j)
+        if out_type == 'avg_featmap' and result != [NUM_STAGES - 1]:
+            raise ValueError('out_type="avg_featmap" pools the last stage only; '
+                             f'out_indices must be (3,), got {tuple(out_indices)}')
+        return result
+
+    # ------------------------------------------------------------------ init / loading
+    def init_weights(self) -> None:
+        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
+        if not pretrained:
+            self.apply(_init_module)  # layer-scale weights keep their init value
+        super().init_weights()
+
+    def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Drop the classification ``norm`` when loading it into a dense backbone."""
+        if hasattr(self, 'norm'):
+            return
+        logger = MMLogger.get_current_instance()
+        for name in [k for k in state_dict if k.startswith(prefix + 'norm.')]:
+            del state_dict[name]
+            logger.info(f'{name}: dropped. out_type="featmap" uses per-stage `norms` '
+                        'instead of the classification `norm`.')
+
+    # ------------------------------------------------------------------ freezing
+    def _freeze_stages(self) -> None:
+        for s in range(max(self.frozen_stages, 0)):
+            modules = [self.patch_embeds[s], self.stages[s]]
+            if self.out_type == 'featmap' and str(s) in self.norms:
+                modules.append(self.norms[str(s)])
+            if s == NUM_STAGES - 1 and hasattr(self, 'norm'):
+                modules.append(self.norm)
+            for m in modules:
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'PyramidVisionLLaMA':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # ------------------------------------------------------------------ RoPE geometry
+    def gsa_scale(self, stage: int, hw: Tuple[int, int]) -> Tuple[float, float]:
+        """(x, y) scale of GSA query and key positions on an ``hw`` stage grid."""
+        H, W = hw
+        if self.rope_scale is None:
+            return self.ropes[stage].grid_scale(H, W)
+        if self.rope_scale == 'official':
+            return (self.OFFICIAL_SPAN / H, self.OFFICIAL_SPAN / H)
+        return (self.rope_scale, self.rope_scale)
+
+    def pooled_grid(self, stage: int, hw: Tuple[int, int]) -> Tuple[int, int]:
+        """Key grid of the GSA sub-sampling conv: ceil (``gsa_pool='pad'``) or floor."""
+        sr = self.sr_ratios[stage]
+        if self.gsa_pool == 'pad':
+            return (math.ceil(hw[0] / sr), math.ceil(hw[1] / sr))
+        return (hw[0] // sr, hw[1] // sr)
+
+    def gsa_key_positions(self, stage: int, hw: Tuple[int, int]) -> Tensor:
+        """Scaled (x, y) positions ``[Nk, 2]`` float64 of the pooled GSA keys.
+
+        ``'correct'``: cell centres ``sr*i + (sr-1)/2``; ``'official'``: row length W
+        (not W/sr) and offset ``1 - 1/sr``, as the released weights were trained.
+        """
+        sr = self.sr_ratios[stage]
+        hk, wk = self.pooled_grid(stage, hw)
+        scale = self.gsa_scale(stage, hw)
+        if self.rope_compat == 'correct':
+            c = (sr - 1) / 2
+            return grid_positions(hk, wk, scale, offset=(c, c), stride=(sr, sr))
+        o = 1 - 1 / sr
+        return grid_positions(hk, wk, scale, offset=(o, o), stride=(sr, sr), row_length=hw[1])
+
+    def rope_tables(self, stage: int, hw: Tuple[int, int], device: torch.device
+                    ) -> Tuple[Optional[RopeTable], Optional[RopeTable], Optional[RopeTable]]:
+        """(LSA window table, GSA query table, GSA key table or None) for one stage grid.
+
+        All three are cached inside the stage's :class:`RoPE2D` and shared by its blocks.
+        With sr = 1 the keys are the queries (None).
+        """
+        rope = self.ropes[stage]
+        ws = self.window_size
+        lsa = rope.grid(ws, ws, device, scale=(1.0, 1.0))  # window-local 0..ws-1
+        scale = self.gsa_scale(stage, hw)
+        gsa_q = rope.grid(hw[0], hw[1], device, scale=scale)
+        sr = self.sr_ratios[stage]
+        if sr == 1 or self.ropes[stage].rope_type == 'none':
+            return lsa, gsa_q, None
+        key = ('gsa_keys', hw[0], hw[1], sr, self.rope_compat, self.gsa_pool, scale)
+        gsa_k = rope.positions(key, lambda: self.gsa_key_positions(stage, hw),
+                               hw[0], hw[1], device)
+        return lsa, gsa_q, gsa_k
+
+    # ------------------------------------------------------------------ forward
+    def _run_block(self, blk: VisionLLaMABlock, x: Tensor, hw: Tuple[int, int],
+                   table: Optional[RopeTable], table_k: Optional[RopeTable]) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return torch.utils.checkpoint.checkpoint(blk, x, hw, table, table_k,
+                                                     use_reentrant=False)
+        return blk(x, hw, table, table_k)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Images [B, C_in, H, W] -> tuple of [B, C_s, H_s, W_s] maps or ([B, C_4],)."""
+        outs = []
+        B = x.shape[0]
+        for s in range(NUM_STAGES):
+            x, hw = self.patch_embeds[s](x)  # [B, H_s*W_s, C_s], row-major
+            lsa, gsa_q, gsa_k = self.rope_tables(s, hw, x.device)
+            for j, blk in enumerate(self.stages[s]):
+                if j % 2 == 0:
+                    x = self._run_block(blk, x, hw, lsa, None)
+                else:
+                    x = self._run_block(blk, x, hw, gsa_q, gsa_k)
+            C = x.shape[-1]
+            if self.out_type == 'featmap':
+                if s in self.out_indices:
+                    out = self.norms[str(s)](x)
+                    outs.append(out.transpose(1, 2).reshape(B, C, *hw).contiguous())
+            elif s == NUM_STAGES - 1:
+                if self.double_final_norm:
+                    x = self.norm(x)
+                outs.append(self.norm(x.mean(dim=1)))  # [B, C_4]
+            x = x.transpose(1, 2).reshape(B, C, *hw)  # [B, C_s, H_s, W_s] for the next embed
+        return tuple(outs)
+
+    # ------------------------------------------------------------------ lr decay
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer id of a parameter for layer-wise lr decay (mmpretrain convention).
+
+        Blocks are numbered globally ``1..sum(depths)``; ``patch_embeds.{s}`` gets the
+        depth just before its stage's first block (``sum(depths[:s])``, 0 for the stem);
+        output norms (``norms``, ``norm``) and names outside ``prefix`` (the head) get
+        ``sum(depths) + 1``. Returns ``(layer_depth, sum(depths) + 2)``.
+        """
+        num_layers = sum(self.depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        parts = name.split('.')
+        if parts[0] == 'patch_embeds':
+            depth = sum(self.depths[:int(parts[1])])
+        elif parts[0] == 'stages':
+            s, j = int(parts[1]), int(parts[2])
+            depth = sum(self.depths[:s]) + j + 1
+        else:
+            depth = num_layers - 1
+        return depth, num_layers

@@ -99,6 +99,13 @@ step "mmpretrain $MMPRETRAIN_VERSION, mmsegmentation $MMSEG_VERSION, mmdet $MMDE
   ftfy regex pycocotools "numpy<2" "opencv-python<4.12" pytest \
   || die "could not install the OpenMMLab task libraries"
 
+step "openmim 0.3.9 (mim train/test), without openxlab"
+# openmim's declared deps pull opendatalab/openxlab, which downgrade setuptools and requests
+# and are not needed by \`mim train\`/\`mim test\`: install mim alone plus what it imports.
+"${PIP[@]}" install -q --no-deps "openmim==0.3.9" \
+  && "${PIP[@]}" install -q click colorama model-index pandas rich tabulate requests \
+  || die "could not install openmim"
+
 step "vllama_mm (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO" || die "could not install vllama_mm"
 

@@ -104,7 +104,9 @@ def generate(out_dir: str, num_train: int = 16, num_val: int = 8,
         seed: RNG seed; the output is a pure function of all arguments.
         num_classes: how many of the 150 ADE classes appear (see :func:`class_labels`).
 
-    Idempotent: an existing, complete dataset written with the same arguments is kept.
+    Idempotent: an existing, complete dataset written with the same arguments is kept; one
+    written with other arguments is replaced. Refuses (FileExistsError) to write into
+    folders holding files it did not write.
     """
     if not isinstance(out_dir, str) or not out_dir:
         raise TypeError(f'out_dir must be a non-empty str, got {out_dir!r}')
@@ -117,18 +119,27 @@ def generate(out_dir: str, num_train: int = 16, num_val: int = 8,
                                    img_size=hw, labels=labels)
     stamp = osp.join(out_dir, '.complete')
     params = f'{num_train} {num_val} {hw[0]} {hw[1]} {seed} {num_classes}'
+    folders = [osp.join(out_dir, kind, folder) for kind in ('images', 'annotations')
+               for folder, _ in SPLITS]
     if osp.exists(stamp):
         with open(stamp) as f:
             if f.read() == params:
                 return info
+        os.remove(stamp)  # ours, with other arguments: regenerate (stale files removed below)
+        for d in folders:
+            for old in os.listdir(d) if osp.isdir(d) else []:
+                os.remove(osp.join(d, old))
+    else:  # never overwrite or mix with data this generator did not write (e.g. real ADE20K)
+        for d in folders:
+            if osp.isdir(d) and os.listdir(d):
+                raise FileExistsError(f'{d} is not empty and {out_dir} was not written by '
+                                      'this generator; choose an empty out_dir')
     rng = np.random.default_rng(seed)
     for (folder, prefix), n in zip(SPLITS, (num_train, num_val)):
         img_dir = osp.join(out_dir, 'images', folder)
         ann_dir = osp.join(out_dir, 'annotations', folder)
         for d in (img_dir, ann_dir):
             os.makedirs(d, exist_ok=True)
-            for old in os.listdir(d):  # a stale dataset of another size must not linger
-                os.remove(osp.join(d, old))
         for i in range(n):
             img, seg = make_sample(labels, hw, rng)
             name = f'ADE_{prefix}_{i + 1:08d}'

@@ -11,6 +11,8 @@ import os.path as osp
 from mmengine.config import Config
 
 from .checkpoint import allow_mmengine_checkpoints
+from .validate import (check_cfg_options, check_checkpoint_file, validate_cfg,
+                       warn_config_variables)
 
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
 
@@ -29,6 +31,9 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     """Apply the command-line options of tools/train.py / tools/test.py to ``cfg``."""
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
+        # [validate] typos in --cfg-options keys fail here instead of being merged silently
+        check_cfg_options(cfg, args.cfg_options)
+        warn_config_variables(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -58,6 +63,7 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     if cfg.launcher != 'none':
         use_gloo_without_cuda(cfg)
     import_plugin(cfg)
+    validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     return cfg
 
 
@@ -104,6 +110,7 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     allow_mmengine_checkpoints()
+    check_checkpoint_file(cfg.get('load_from'), 'load_from')  # [validate] missing/truncated
     _init_cpu_process_group(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)

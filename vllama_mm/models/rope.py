@@ -9,18 +9,62 @@ Layout (the released VisionLLaMA weights depend on it, DESIGN.md §2.1):
 
 A *table* is the pair ``(cos, sin)``, each ``[N, Hc]`` float32 with the angle of pair
 ``j`` repeated on dims ``2j`` and ``2j+1``. Tables are derived data: :class:`RoPE2D`
-caches them per (grid, scale, device) and never puts them in the state dict.
+caches them per (grid, scale, device) and never puts them in the state dict. A cached
+table is a :class:`RopeTable`: still that 2-tuple, plus the same rotation as one complex
+number per pair (``rot = cos + i sin``, ``[N, Hc/2]`` complex64), precomputed once so
+that rotating a tensor is a single complex multiply (one pass forward, one backward)
+instead of the gather/negate/stack/multiply/add chain of the textbook formula.
 
 AS2DRoPE multiplies positions by ``anchor / grid`` per axis, so any grid is mapped
 into the span of the pre-training (anchor) grid; at the anchor size it equals 2D RoPE.
 """
 from collections import OrderedDict
-from typing import Dict, Hashable, Optional, Tuple
+from typing import Dict, Hashable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-RopeTable = Tuple[Tensor, Tensor]  # (cos, sin), each [N, Hc] or [B, N, Hc], float32
+class RopeTable(tuple):
+    """A rotation table: the 2-tuple ``(cos, sin)`` (each ``[N, Hc]`` or ``[B, N, Hc]``
+    float32) that also carries ``rot``, the rotation as one complex number per pair.
+
+    ``rot = cos[..., 0::2] + i sin[..., 0::2]`` (``[N, Hc/2]`` or ``[B, N, Hc/2]``
+    complex64) is computed once when the table is made; :func:`apply_rope` multiplies
+    interleaved pairs ``(a, b) = a + ib`` by it. Unpacking, indexing and ``len`` behave
+    exactly like the plain ``(cos, sin)`` tuple, and a plain tuple is accepted
+    wherever a table is (its complex form is then made per call).
+    """
+
+    rot: Tensor
+
+    def __new__(cls, cos: Tensor, sin: Tensor, rot: Optional[Tensor] = None) -> 'RopeTable':
+        if cos.shape != sin.shape or cos.shape[-1] % 2:
+            raise ValueError(f'a RoPE table needs cos and sin of one shape [..., Hc] with '
+                             f'Hc even, got {tuple(cos.shape)} and {tuple(sin.shape)}')
+        self = super().__new__(cls, (cos, sin))
+        self.rot = _complex_rotation(cos, sin) if rot is None else rot
+        return self
+
+    def __getnewargs__(self) -> Tuple[Tensor, Tensor, Tensor]:  # copy / pickle
+        return (self[0], self[1], self.rot)
+
+    def select(self, ids: Tensor) -> 'RopeTable':
+        """Per-sample rows: ``ids`` ``[B, n]`` token indices -> table ``[B, n, Hc]``
+        (the MAE encoder: each kept token keeps its own position)."""
+        if self[0].dim() != 2:
+            raise ValueError('select() needs a shared [N, Hc] table, got a per-sample one')
+        return RopeTable(self[0][ids], self[1][ids], self.rot[ids])
+
+
+def _complex_rotation(cos: Tensor, sin: Tensor) -> Tensor:
+    """``cos + i sin`` of each pair (dims 2j and 2j+1 hold the same angle): [..., Hc/2]."""
+    return torch.complex(cos[..., 0::2].float(), sin[..., 0::2].float())
+
+
+def _rotation_of(table: Union[RopeTable, Tuple[Tensor, Tensor]]) -> Tensor:
+    rot = getattr(table, 'rot', None)
+    return _complex_rotation(table[0], table[1]) if rot is None else rot
+
 
 ROPE_TYPES = ('none', '1d', '2d', 'as2d', 'ntk')
 PREFIX_MODES = ('none', 'official')

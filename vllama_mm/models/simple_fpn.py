@@ -67,12 +67,13 @@ class ConvNorm(nn.Module):
 
 
 def _parse_norm_cfg(norm_cfg: Optional[Dict]) -> Tuple[bool, float, bool]:
-    """``norm_cfg`` -> (use norm, eps, requires_grad). Only LN2d (or None) is meaningful
-    for a channel-first map without batch statistics; other types are rejected."""
+    """``norm_cfg`` -> (use norm, eps, requires_grad). The neck builds its norms with
+    plain torch (no mmcv registry), so only ViTDet's LN2d or None are accepted."""
     if norm_cfg is None:
         return False, 1e-6, True
     if not isinstance(norm_cfg, dict):
-        raise TypeError(f'SimpleFPN: norm_cfg must be a dict or None, got {type(norm_cfg).__name__}')
+        raise TypeError('SimpleFPN: norm_cfg must be a dict or None, '
+                        f'got {type(norm_cfg).__name__}')
     cfg = dict(norm_cfg)
     kind = cfg.pop('type', None)
     if kind not in ('LN2d', LN2d):

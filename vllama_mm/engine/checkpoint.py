@@ -10,7 +10,6 @@ from typing import Any, List
 
 import torch
 
-_done = False
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 
 
@@ -52,9 +51,14 @@ def mmengine_checkpoint_globals() -> List:
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list mmengine's checkpoint classes for ``torch.load(weights_only=True)``."""
-    global _done
-    if _done or not hasattr(torch.serialization, 'add_safe_globals'):
+    """Allow-list mmengine's checkpoint classes for ``torch.load(weights_only=True)``.
+
+    Idempotent; re-adds entries that something removed in the meantime (a
+    ``torch.serialization.safe_globals`` context removes its entries on exit).
+    """
+    if not hasattr(torch.serialization, 'add_safe_globals'):
         return
-    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
-    _done = True
+    present = torch.serialization.get_safe_globals()
+    missing = [g for g in mmengine_checkpoint_globals() if g not in present]
+    if missing:
+        torch.serialization.add_safe_globals(missing)

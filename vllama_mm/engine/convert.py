@@ -101,7 +101,10 @@ def load_official(path: str, unsafe: bool = False) -> Dict[str, Any]:
         if unsafe:
             ckpt = torch.load(path, map_location='cpu', weights_only=False)
         else:
-            with torch.serialization.safe_globals(_safe_globals()):
+            # only what is not allowed already: the context removes its entries on exit
+            allowed = torch.serialization.get_safe_globals()
+            extra = [g for g in _safe_globals() if g not in allowed]
+            with torch.serialization.safe_globals(extra):
                 ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)

@@ -14,6 +14,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo chec
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from vllama_mm.engine.runner_utils import build_runner, prepare_cfg  # noqa: E402
+from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,9 +42,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg = prepare_cfg(cfg, args, mode='train')
-    runner = build_runner(cfg)
+    try:  # user errors (bad config, paths, options) -> 'error: ...', exit 2, no traceback
+        cfg = Config.fromfile(args.config)
+        cfg = prepare_cfg(cfg, args, mode='train')
+        runner = build_runner(cfg)
+    except USER_ERRORS as e:
+        exit_with_error(e)
     runner.train()
 
 

@@ -12,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import RopeTable, apply_rope
+from .rope import RopeTable, apply_rope_tokens
 
 
 def check_heads(dim: int, num_heads: int) -> int:
     """Head dim for ``dim``/``num_heads``, with errors that name the problem."""
-    if num_heads <= 0 or dim % num_heads != 0:
+    for name, v in (('embed dims', dim), ('num_heads', num_heads)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f'{name} must be a positive int, got {v!r}')
+    if dim % num_heads != 0:
         raise ValueError(f'embed dims {dim} is not divisible by num_heads {num_heads}')
     head_dim = dim // num_heads
     if head_dim % 4 != 0:
@@ -71,11 +74,6 @@ class RoPEAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _heads(self, t: Tensor) -> Tensor:
-        # [B, N, k*C] -> k tensors [B, heads, N, Hc]
-        B, N, _ = t.shape
-        return t.view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-
     def forward(self, x: Tensor, rope_q: Optional[RopeTable] = None,
                 rope_k: Optional[RopeTable] = None, hw: Optional[Tuple[int, int]] = None,
                 attn_mask: Optional[Tensor] = None) -> Tensor:
@@ -84,16 +82,26 @@ class RoPEAttention(nn.Module):
         ``rope_q`` rotates queries and (when ``rope_k`` is None) keys; ``rope_k`` rotates
         pooled keys. ``attn_mask``: bool, True where a key may be attended,
         broadcastable to [B, heads, N, N_k].
+
+        RoPE is applied in the token-major layout the projections produce
+        ([B, N, k, heads, Hc]); q and k sharing a table are rotated by one call.
         """
         B, N, C = x.shape
+        h, hc = self.num_heads, self.head_dim
         if self.sr_ratio == 1:
-            q, k, v = self._heads(self.qkv(x))  # each [B, heads, N, Hc]
-            rope_k = rope_q if rope_k is None else rope_k
+            qkv = self.qkv(x).view(B, N, 3, h, hc)  # rows q|k|v, head-major
+            if rope_k is None or rope_k is rope_q:
+                qk = apply_rope_tokens(qkv[:, :, :2], rope_q)  # [B, N, 2, h, Hc]
+                q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, N, Hc]
+            else:
+                q = apply_rope_tokens(qkv[:, :, 0], rope_q).transpose(1, 2)
+                k = apply_rope_tokens(qkv[:, :, 1], rope_k).transpose(1, 2)
+            v = qkv[:, :, 2].transpose(1, 2)  # [B, h, N, Hc]
         else:
             if hw is None or rope_q is not None and rope_k is None:
                 raise ValueError('pooled-key attention needs hw and a key RoPE table')
             H, W = hw
-            q = self._heads(self.q(x))[0]
+            q = apply_rope_tokens(self.q(x).view(B, N, h, hc), rope_q).transpose(1, 2)
             x_map = x.transpose(1, 2).reshape(B, C, H, W)
             sr = self.sr_ratio
             if self.sr_pad and (H % sr or W % sr):
@@ -103,9 +111,10 @@ class RoPEAttention(nn.Module):
                                  'use sr_pad=True to pad it before sub-sampling')
             pooled = self.sr(x_map)  # [B, C, H/sr, W/sr] (ceil with sr_pad, else floor)
             pooled = self.norm(pooled.flatten(2).transpose(1, 2))  # [B, Nk, C]
-            k, v = self._heads(self.kv(pooled))
-        q = apply_rope(q, rope_q)
-        k = apply_rope(k, rope_k)
+            kv = self.kv(pooled).view(B, pooled.shape[1], 2, h, hc)  # rows k|v
+            k, v = kv.unbind(2)  # each [B, Nk, h, Hc]
+            k = apply_rope_tokens(k, rope_k).transpose(1, 2)
+            v = v.transpose(1, 2)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask,
             dropout_p=self.attn_drop if self.training else 0.0)  # [B, heads, N, Hc]

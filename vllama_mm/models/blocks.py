@@ -143,12 +143,21 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_channels: int, embed_dims: int, patch_size: int,
                  norm: bool = False, norm_eps: float = 1e-5):
         super().__init__()
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels <= 0:
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
         self.in_channels = in_channels
         self.patch_size = int(patch_size)
         self.projection = nn.Conv2d(in_channels, embed_dims, self.patch_size, self.patch_size)
         self.norm = nn.LayerNorm(embed_dims, eps=norm_eps) if norm else None
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f'expected a torch.Tensor [B, {self.in_channels}, H, W], '
+                            f'got {type(x).__name__}')
+        if not x.is_floating_point():
+            raise TypeError(f'expected a floating-point (normalised) image tensor, got {x.dtype}')
+        if x.dim() == 4 and 0 in x.shape[2:]:
+            raise ValueError(f'empty image: input shape {tuple(x.shape)}')
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'expected input [B, {self.in_channels}, H, W], '
                              f'got shape {tuple(x.shape)}')
@@ -157,7 +166,8 @@ class PatchEmbed(nn.Module):
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         x = self.projection(x)  # [B, D, h, w]
-        hw = (x.shape[2], x.shape[3])
+        # plain ints (not traced sizes under torch.jit.trace): the RoPE cache keys on them
+        hw = (int(x.shape[2]), int(x.shape[3]))
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, D]
         if self.norm is not None:
             x = self.norm(x)

@@ -58,6 +58,9 @@ class VisionLLaMAMAE(VisionLLaMA):
         """
         B, N, C = x.shape
         keep = int(N * (1 - mask_ratio))
+        if keep < 1:
+            raise ValueError(f'mask_ratio {mask_ratio} keeps no token of the {N} patches of '
+                             'this input; lower it or use a larger input')
         noise = torch.rand(B, N, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -88,5 +91,5 @@ class VisionLLaMAMAE(VisionLLaMA):
             return (self._format_output(self._encode(tokens, hw, table), hw), )
         tokens, mask_map, ids_restore, ids_keep = self.random_masking(tokens, self.mask_ratio)
         if table is not None:
-            table = (table[0][ids_keep], table[1][ids_keep])  # [B, N_keep, Hc]
+            table = table.select(ids_keep)  # [B, N_keep, Hc]
         return self._encode(tokens, hw, table), mask_map, ids_restore

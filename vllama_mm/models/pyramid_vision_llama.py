@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .attention import check_heads
 from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .rope import RoPE2D, RopeTable, _pair, grid_positions
-from .vision_llama import _init_module, resolve_arch
+from .vision_llama import _init_module, check_checkpoint_shapes, check_rates, resolve_arch
 
 NUM_STAGES = 4
 HEAD_DIM = 32
@@ -191,6 +191,8 @@ class PyramidVisionLLaMA(BaseModule):
             anchor = tuple(math.ceil(s / 2) for s in anchor)
 
         # -- stages ------------------------------------------------------------------
+        check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                    drop_path_rate=drop_path_rate)
         total = sum(self.depths)
         dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear
         self.patch_embeds = nn.ModuleList()
@@ -273,6 +275,9 @@ class PyramidVisionLLaMA(BaseModule):
             out_indices = [out_indices]
         if not isinstance(out_indices, Sequence):
             raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
+        if isinstance(out_indices, str) or not out_indices or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
         result = []
         for i in out_indices:
             j = i + NUM_STAGES if i < 0 else i
@@ -293,6 +298,7 @@ class PyramidVisionLLaMA(BaseModule):
 
     def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
         """Drop the classification ``norm`` when loading it into a dense backbone."""
+        check_checkpoint_shapes(self, state_dict, prefix)  # ``norm.*`` absent here: skipped
         if hasattr(self, 'norm'):
             return
         logger = MMLogger.get_current_instance()

@@ -117,29 +117,72 @@ def rope_table(pos: Tensor, freqs: Tensor, rope_type: str = '2d') -> RopeTable:
         axis = torch.arange(freqs.numel(), device=pos.device) % 2  # 0 -> x, 1 -> y
         angles = pos.double()[:, axis] * freqs.double()  # [N, Hc/2]
     angles = angles.repeat_interleave(2, dim=-1)  # [N, Hc]: pair angle on dims 2j, 2j+1
-    return angles.cos().float(), angles.sin().float()
+    return RopeTable(angles.cos().float(), angles.sin().float())
 
 
 def identity_table(n: int, head_dim: int, device=None) -> RopeTable:
     """A table that rotates nothing (cos 1, sin 0), for unrotated prefix tokens."""
-    return (torch.ones(n, head_dim, device=device), torch.zeros(n, head_dim, device=device))
+    return RopeTable(torch.ones(n, head_dim, device=device),
+                     torch.zeros(n, head_dim, device=device))
 
 
-def apply_rope(x: Tensor, table: Optional[RopeTable]) -> Tensor:
+def _pairs_as_complex(x: Tensor) -> Tensor:
+    """[..., Hc] float32 -> complex view [..., Hc/2] of the interleaved pairs (no copy
+    when the pairs are adjacent in memory, e.g. a slice of a fused qkv output)."""
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(st % 2 for st in x.stride()[:-1]):
+        x = x.contiguous()
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+def _rotate_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Textbook interleaved rotation in float32: ``x cos + rot90(x) sin`` with
+    ``rot90(a, b) = (-b, a)``; element-wise only, so torch.compile fuses it into one
+    kernel (it cannot generate code for complex numbers)."""
+    xf = x.float()
+    pairs = xf.unflatten(-1, (-1, 2))  # [..., Hc/2, 2]
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def _rotate(x: Tensor, table: Union[RopeTable, Tuple[Tensor, Tensor]],
+            cos_sin_shape: Tuple[int, ...], rot_shape: Tuple[int, ...]) -> Tensor:
+    """Rotate ``x`` [..., Hc] with the table viewed as ``cos_sin_shape`` / ``rot_shape``
+    (the same table dims, broadcast against x)."""
+    if torch.compiler.is_compiling():
+        return _rotate_reference(x, table[0].view(cos_sin_shape), table[1].view(cos_sin_shape))
+    rot = _rotation_of(table).view(rot_shape)  # complex64 [..., Hc/2]
+    out = torch.view_as_real(_pairs_as_complex(x.float()) * rot)  # [..., Hc/2, 2] float32
+    return out.flatten(-2).to(x.dtype)
+
+
+def apply_rope(x: Tensor, table: Optional[Union[RopeTable, Tuple[Tensor, Tensor]]]) -> Tensor:
     """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table`` (``[N, Hc]`` or ``[B, N, Hc]``).
 
     Computed in float32 and cast back to ``x.dtype``. Interleaved pairs: for pair
-    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``.
+    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``, i.e. the complex
+    product ``(a + ib)(cos + i sin)`` (see :class:`RopeTable`).
     """
     if table is None:
         return x
-    cos, sin = table
+    cos = table[0]
+    shape = tuple(cos.shape)
     if cos.dim() == 3:  # per-sample table [B, N, Hc] -> [B, 1, N, Hc]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    xf = x.float()
-    x_pairs = xf.unflatten(-1, (-1, 2))  # [..., Hc/2, 2]
-    rotated = torch.stack((-x_pairs[..., 1], x_pairs[..., 0]), dim=-1).flatten(-2)
-    return (xf * cos + rotated * sin).to(x.dtype)
+        shape = (shape[0], 1) + shape[1:]
+    return _rotate(x, table, shape, shape[:-1] + (shape[-1] // 2,))
+
+
+def apply_rope_tokens(x: Tensor,
+                      table: Optional[Union[RopeTable, Tuple[Tensor, Tensor]]]) -> Tensor:
+    """Rotate token-major ``x`` ``[B, N, *, Hc]`` (e.g. q and k together as the slice
+    ``[B, N, 2, heads, Hc]`` of a fused qkv output) by ``table`` ``[N, Hc]`` or
+    ``[B, N, Hc]``. Same rotation as :func:`apply_rope`, in the layout the projections
+    produce, so q and k are rotated by one call before the head transpose."""
+    if table is None:
+        return x
+    cos = table[0]
+    ones = (1,) * (x.dim() - 3)  # the dims between tokens and channels
+    shape = tuple(cos.shape[:-1]) + ones + (cos.shape[-1],)
+    return _rotate(x, table, shape, shape[:-1] + (shape[-1] // 2,))
 
 
 class RoPE2D(nn.Module):
@@ -166,6 +209,10 @@ class RoPE2D(nn.Module):
             raise ValueError(f'2D RoPE needs a head dim divisible by 4, got head dim {head_dim}')
         if rope_type in ('as2d', 'ntk') and anchor_hw is None:
             raise ValueError(f"rope_type={rope_type!r} needs the anchor (pre-training) grid")
+        if not theta > 0:  # theta 0 gives NaN angles, negative ones complex frequencies
+            raise ValueError(f'RoPE theta must be > 0, got {theta}')
+        if anchor_hw is not None and min(_pair(anchor_hw)) <= 0:
+            raise ValueError(f'RoPE anchor grid must be positive, got {anchor_hw}')
         self.head_dim = head_dim
         self.anchor_hw = None if anchor_hw is None else _pair(anchor_hw)
         self.rope_type = rope_type
@@ -209,21 +256,26 @@ class RoPE2D(nn.Module):
             return None
         table = self._cache.get(key)
         if table is None:
-            # built outside inference mode: a table first made under torch.inference_mode()
-            # would otherwise be an inference tensor, unusable by a later training step
-            with torch.inference_mode(False):
+            if torch.is_inference_mode_enabled():
+                # a table first made under torch.inference_mode() would be an inference
+                # tensor, unusable by a later training step: build it outside
+                with torch.inference_mode(False):
+                    table = build()
+            else:
                 table = build()
             self._cache[key] = table
             if len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
-        else:
+        elif not torch.compiler.is_compiling():
+            # least-recently-used order (skipped while torch.compile traces, where the
+            # lookup stays a plain dict read)
             self._cache.move_to_end(key)
         return table
 
     def _from_positions(self, pos: Tensor, theta: float, device) -> RopeTable:
         freqs = rope_frequencies(self.head_dim, theta, self.rope_type)
         cos, sin = rope_table(pos, freqs, self.rope_type)
-        return cos.to(device), sin.to(device)
+        return RopeTable(cos.to(device), sin.to(device))
 
     def grid(self, h: int, w: int, device=None, num_prefix: int = 0,
              prefix_mode: str = 'none',
@@ -255,7 +307,7 @@ class RoPE2D(nn.Module):
                     cos, sin = cos[num_prefix:], sin[num_prefix:]
                 one, zero = identity_table(num_prefix, self.head_dim, device)
                 cos, sin = torch.cat([one, cos]), torch.cat([zero, sin])
-            return cos.contiguous(), sin.contiguous()
+            return RopeTable(cos.contiguous(), sin.contiguous())
 
         return self._cached(key, build)
 

@@ -44,6 +44,36 @@ def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequen
     return full
 
 
+def check_rates(**rates: float) -> None:
+    """Dropout / drop-path probabilities must lie in [0, 1)."""
+    for name, p in rates.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f'{name} must be in [0, 1), got {p}')
+
+
+def check_checkpoint_shapes(module: nn.Module, state_dict: Dict[str, Tensor],
+                            prefix: str) -> None:
+    """Raise ValueError when checkpoint tensors under ``prefix`` have other shapes here.
+
+    mmengine's ``Pretrained`` init loads with ``strict=False`` and only logs a warning on
+    size mismatches, leaving those parameters at their random init: a checkpoint of
+    another arch would silently train from scratch. Called from the load pre-hooks.
+    """
+    own = module.state_dict()
+    bad = []
+    for key, value in state_dict.items():
+        name = key[len(prefix):]
+        if key.startswith(prefix) and name in own and hasattr(value, 'shape') \
+                and tuple(value.shape) != tuple(own[name].shape):
+            bad.append(f'{name} {tuple(value.shape)} in the checkpoint vs '
+                       f'{tuple(own[name].shape)} here')
+    if bad:
+        raise ValueError(f'{type(module).__name__}: checkpoint does not fit this arch, '
+                         f'{len(bad)} tensors differ in shape ({"; ".join(bad[:3])}'
+                         f'{"; ..." if len(bad) > 3 else ""}); check `arch` against the '
+                         'checkpoint (or convert it first)')
+
+
 class VisionLLaMA(BaseModule):
     """Plain VisionLLaMA: patch embed, optional class token, L pre-norm RoPE/SwiGLU blocks.
 
@@ -126,6 +156,14 @@ class VisionLLaMA(BaseModule):
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
                                           self.arch_defaults, type(self).__name__)
         a = self.arch_settings
+        for key in self.essential_keys:  # no silent int() truncation of 2.5 heads
+            if isinstance(a[key], bool) or not isinstance(a[key], int) or a[key] <= 0:
+                raise ValueError(f'{type(self).__name__}: arch {key!r} must be a positive '
+                                 f'int, got {a[key]!r}')
+        ffn = a['feedforward_channels']
+        if ffn is not None and (isinstance(ffn, bool) or not isinstance(ffn, int) or ffn <= 0):
+            raise ValueError(f'{type(self).__name__}: arch feedforward_channels must be None '
+                             f'or a positive int, got {ffn!r}')
         self.embed_dims = int(a['embed_dims'])
         self.num_layers = int(a['num_layers'])
         self.num_heads = int(a['num_heads'])
@@ -164,6 +202,9 @@ class VisionLLaMA(BaseModule):
             out_indices = [out_indices]
         if not isinstance(out_indices, Sequence):
             raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
+        if isinstance(out_indices, str) or not out_indices or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
         self.out_indices = []
         for i in out_indices:
             j = i + self.num_layers if i < 0 else i
@@ -172,6 +213,12 @@ class VisionLLaMA(BaseModule):
             self.out_indices.append(j)
 
         # windows (ViTDet)
+        if window_size < 0:
+            raise ValueError(f'window_size must be >= 0 (0: global attention), got {window_size}')
+        if isinstance(global_attn_indexes, str) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in global_attn_indexes):
+            raise TypeError(f'global_attn_indexes must be a sequence of ints, '
+                            f'got {global_attn_indexes!r}')
         self.window_size = int(window_size)
         self.global_attn_indexes = [int(i) % self.num_layers for i in global_attn_indexes]
         if self.window_size > 0 and with_cls_token:
@@ -181,6 +228,8 @@ class VisionLLaMA(BaseModule):
                 raise ValueError(f'global_attn_indexes {i} is out of range for '
                                  f'{self.num_layers} layers')
 
+        check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                    drop_path_rate=drop_path_rate)
         dpr = [drop_path_rate * i / max(1, self.num_layers - 1) for i in range(self.num_layers)]
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
@@ -234,6 +283,7 @@ class VisionLLaMA(BaseModule):
             for name in [k for k in state_dict if k.startswith(prefix + 'ln1.')]:
                 del state_dict[name]
                 logger.info(f'{name}: dropped. This backbone has final_norm=False.')
+        check_checkpoint_shapes(self, state_dict, prefix)
 
     # ------------------------------------------------------------------ freezing
     def _freeze_module(self, m: nn.Module) -> None:

@@ -20,6 +20,46 @@ def swiglu_hidden(dim: int, ratio: float = 8 / 3, multiple_of: int = 256) -> int
     return multiple_of * math.ceil(int(ratio * dim) / multiple_of)
 
 
+class _SiLUGate(torch.autograd.Function):
+    """``silu(gate) * up`` of the fused projection ``gu`` [..., 2h] (gate | up).
+
+    Saves only ``gu`` (autograd would also keep ``silu(gate)``: a third less SwiGLU
+    activation memory) and writes both halves of the gradient straight into one
+    [..., 2h] buffer (autograd would build them apart and concatenate them).
+    """
+
+    @staticmethod
+    def forward(ctx, gu: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(gu)
+        gate, up = gu.chunk(2, dim=-1)
+        return F.silu(gate).mul_(up)  # [..., h]
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # noqa: D102
+        gu, = ctx.saved_tensors
+        gate, up = gu.chunk(2, dim=-1)
+        grad = torch.empty_like(gu)
+        d_gate, d_up = grad.chunk(2, dim=-1)  # views into the one buffer
+        # no temporaries: every op writes into the buffer (the stage-1 maps are large
+        # enough for these passes to be memory-bound)
+        torch.ops.aten.silu.out(gate, out=d_up)
+        d_up.mul_(g)  # d/d up = g * silu(gate)
+        torch.mul(g, up, out=d_gate)
+        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
+        return grad
+
+
+def silu_gate(gu: Tensor) -> Tensor:
+    """``silu(gate) * up`` for ``gu = cat([gate, up], -1)`` [..., 2h] -> [..., h]."""
+    if torch.compiler.is_compiling():
+        gate, up = gu.chunk(2, dim=-1)
+        return F.silu(gate) * up  # torch.compile fuses this itself
+    if not (torch.is_grad_enabled() and gu.requires_grad):
+        gate, up = gu.chunk(2, dim=-1)
+        return F.silu(gate).mul_(up)  # inference: one buffer
+    return _SiLUGate.apply(gu)
+
+
 class SwiGLU(nn.Module):
     """``w3(silu(gate) * up)`` with gate and up computed by one fused GEMM ``w12``.
 
@@ -35,8 +75,7 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.w12(x).chunk(2, dim=-1)  # [..., h] each
-        return self.w3(self.drop(F.silu(gate) * up))
+        return self.w3(self.drop(silu_gate(self.w12(x))))  # w12: [..., 2h] (gate | up)
 
 
 class LayerScale(nn.Module):
@@ -123,13 +162,30 @@ class VisionLLaMABlock(BaseModule):
         out = self.attn(windows, rope, attn_mask=mask)
         return window_unpartition(out, hw, padded_hw, ws)
 
+    def _residual(self, x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
+        """``x + DropPath(LS(y))`` as one fused multiply-add ``x + y * scale``.
+
+        ``scale`` is the layer-scale weight [C], times (training with drop path) the
+        per-sample keep mask / keep probability [B, 1, 1]; the same random draw as
+        :func:`drop_path`, without the two extra passes over [B, N, C].
+        """
+        scale = ls.weight if isinstance(ls, LayerScale) else None
+        p = self.drop_path.p
+        if self.drop_path.training and p > 0:
+            keep = 1.0 - p
+            mask = y.new_empty((y.shape[0],) + (1,) * (y.dim() - 1)).bernoulli_(keep)
+            mask = mask.div_(keep)
+            scale = mask if scale is None else mask * scale
+        if scale is None:
+            return x + y
+        return torch.addcmul(x, y, scale)
+
     def forward(self, x: Tensor, hw: Optional[Tuple[int, int]] = None,
                 rope: Optional[RopeTable] = None,
                 rope_k: Optional[RopeTable] = None) -> Tensor:
         """x: [B, N, C]; ``hw`` the token grid (needed by windows and pooled keys)."""
-        x = x + self.drop_path(self.ls1(self._attention(self.ln1(x), hw, rope, rope_k)))
-        x = x + self.drop_path(self.ls2(self.ffn(self.ln2(x))))
-        return x
+        x = self._residual(x, self._attention(self.ln1(x), hw, rope, rope_k), self.ls1)
+        return self._residual(x, self.ffn(self.ln2(x)), self.ls2)
 
 
 class PatchEmbed(nn.Module):

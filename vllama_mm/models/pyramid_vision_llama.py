@@ -406,7 +406,9 @@ class PyramidVisionLLaMA(BaseModule):
                 if self.double_final_norm:
                     x = self.norm(x)
                 outs.append(self.norm(x.mean(dim=1)))  # [B, C_4]
-            x = x.transpose(1, 2).reshape(B, C, *hw)  # [B, C_s, H_s, W_s] for the next embed
+            # [B, C_s, H_s, W_s] for the next embed, as a channels-last view of the tokens
+            # (no copy; the strided conv then returns tokens that need no transpose copy)
+            x = x.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
         return tuple(outs)
 
     # ------------------------------------------------------------------ lr decay

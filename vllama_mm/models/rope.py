@@ -24,36 +24,44 @@ from typing import Dict, Hashable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+
 class RopeTable(tuple):
     """A rotation table: the 2-tuple ``(cos, sin)`` (each ``[N, Hc]`` or ``[B, N, Hc]``
     float32) that also carries ``rot``, the rotation as one complex number per pair.
 
     ``rot = cos[..., 0::2] + i sin[..., 0::2]`` (``[N, Hc/2]`` or ``[B, N, Hc/2]``
-    complex64) is computed once when the table is made; :func:`apply_rope` multiplies
+    complex64) is computed once, on first use; :func:`apply_rope` multiplies
     interleaved pairs ``(a, b) = a + ib`` by it. Unpacking, indexing and ``len`` behave
     exactly like the plain ``(cos, sin)`` tuple, and a plain tuple is accepted
     wherever a table is (its complex form is then made per call).
     """
-
-    rot: Tensor
 
     def __new__(cls, cos: Tensor, sin: Tensor, rot: Optional[Tensor] = None) -> 'RopeTable':
         if cos.shape != sin.shape or cos.shape[-1] % 2:
             raise ValueError(f'a RoPE table needs cos and sin of one shape [..., Hc] with '
                              f'Hc even, got {tuple(cos.shape)} and {tuple(sin.shape)}')
         self = super().__new__(cls, (cos, sin))
-        self.rot = _complex_rotation(cos, sin) if rot is None else rot
+        self._rot = rot
         return self
 
-    def __getnewargs__(self) -> Tuple[Tensor, Tensor, Tensor]:  # copy / pickle
-        return (self[0], self[1], self.rot)
+    @property
+    def rot(self) -> Tensor:
+        """``cos + i sin`` per pair, made on first use and kept (the eager fast path;
+        code traced by torch.compile uses cos and sin and never makes it)."""
+        if self._rot is None:
+            self._rot = _complex_rotation(self[0], self[1])
+        return self._rot
+
+    def __getnewargs__(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:  # copy / pickle
+        return (self[0], self[1], self._rot)
 
     def select(self, ids: Tensor) -> 'RopeTable':
         """Per-sample rows: ``ids`` ``[B, n]`` token indices -> table ``[B, n, Hc]``
         (the MAE encoder: each kept token keeps its own position)."""
         if self[0].dim() != 2:
             raise ValueError('select() needs a shared [N, Hc] table, got a per-sample one')
-        return RopeTable(self[0][ids], self[1][ids], self.rot[ids])
+        rot = None if self._rot is None or torch.compiler.is_compiling() else self._rot[ids]
+        return RopeTable(self[0][ids], self[1][ids], rot)
 
 
 def _complex_rotation(cos: Tensor, sin: Tensor) -> Tensor:
@@ -62,8 +70,9 @@ def _complex_rotation(cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _rotation_of(table: Union[RopeTable, Tuple[Tensor, Tensor]]) -> Tensor:
-    rot = getattr(table, 'rot', None)
-    return _complex_rotation(table[0], table[1]) if rot is None else rot
+    if isinstance(table, RopeTable):
+        return table.rot
+    return _complex_rotation(table[0], table[1])
 
 
 ROPE_TYPES = ('none', '1d', '2d', 'as2d', 'ntk')
@@ -185,6 +194,74 @@ def apply_rope_tokens(x: Tensor,
     return _rotate(x, table, shape, shape[:-1] + (shape[-1] // 2,))
 
 
+class _RotateSplitHeads(torch.autograd.Function):
+    """Token-major projections -> rotated q/k and plain v heads, with one gradient buffer.
+
+    Forward: ``t`` [B, N, k, heads, Hc] -> k tensors [B, heads, N, Hc]; slots
+    ``0..r-1`` are rotated by ``rot`` (complex, broadcast as [(B,) N, 1, 1, Hc/2]),
+    the others are views of ``t``. Backward writes every slot's gradient straight into
+    one [B, N, k, heads, Hc] buffer (rotated back by ``conj(rot)``), instead of the
+    stack + zero-filled slice/select gradients + sum that autograd would build.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor, rot: Tensor, r: int):  # noqa: D102
+        ctx.save_for_backward(rot)
+        ctx.r = r
+        z = _pairs_as_complex(t[:, :, :r].float()) * rot  # [B, N, r, h, Hc/2] complex
+        rotated = torch.view_as_real(z).flatten(-2).to(t.dtype)  # [B, N, r, h, Hc]
+        outs = rotated.permute(2, 0, 3, 1, 4).unbind(0)
+        return outs + t[:, :, r:].permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[Tensor]):  # noqa: D102
+        rot, = ctx.saved_tensors
+        r = ctx.r
+        B, h, N, hc = next(g for g in grads if g is not None).shape
+        grad = grads[0].new_empty(B, N, len(grads), h, hc)  # [B, N, k, h, Hc]
+        back = rot.conj().squeeze(-2)  # [(B,) N, 1, Hc/2]: inverse rotation per slot
+        for i, g in enumerate(grads):
+            dest = grad[:, :, i]  # [B, N, h, Hc]
+            if g is None:
+                dest.zero_()
+            elif i >= r:
+                dest.copy_(g.transpose(1, 2))
+            elif dest.dtype == torch.float32:
+                out = torch.view_as_complex(dest.unflatten(-1, (-1, 2)))
+                torch.mul(_pairs_as_complex(g.transpose(1, 2)), back, out=out)
+            else:  # low precision: rotate in float32, cast on the copy
+                z = _pairs_as_complex(g.transpose(1, 2).float()) * back
+                dest.copy_(torch.view_as_real(z).flatten(-2))
+        return grad, None, None
+
+
+def rope_split_heads(t: Tensor, table: Optional[Union[RopeTable, Tuple[Tensor, Tensor]]],
+                     num_rotated: int) -> Tuple[Tensor, ...]:
+    """Split token-major projections ``t`` [B, N, k, heads, Hc] (e.g. a fused qkv output
+    viewed with k = 3) into k head-major tensors [B, heads, N, Hc], rotating the first
+    ``num_rotated`` (q and k) by ``table`` ([N, Hc] or per-sample [B, N, Hc]).
+
+    Same result as :func:`apply_rope_tokens` on the slice then a permute; when a
+    gradient is needed (eager) it is one autograd function with a single gradient
+    buffer (see :class:`_RotateSplitHeads`); otherwise, and while torch.compile traces,
+    it is plain element-wise code (for the compiler to fuse).
+    """
+    if t.dim() != 5:
+        raise ValueError(f'expected projections [B, N, k, heads, Hc], got {tuple(t.shape)}')
+    r = int(num_rotated)
+    if table is None or r == 0:
+        return t.permute(2, 0, 3, 1, 4).unbind(0)
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and t.requires_grad):
+        # compile: plain element-wise code to fuse; inference: no gradient buffer to
+        # share (and torch.jit.trace, used by the FLOP counter, sees the ops)
+        rotated = apply_rope_tokens(t[:, :, :r], table)
+        return (rotated.permute(2, 0, 3, 1, 4).unbind(0)
+                + t[:, :, r:].permute(2, 0, 3, 1, 4).unbind(0))
+    rot = _rotation_of(table)
+    rot = rot.view(rot.shape[:-1] + (1, 1, rot.shape[-1]))  # [(B,) N, 1, 1, Hc/2]
+    return _RotateSplitHeads.apply(t, rot, r)
+
+
 class RoPE2D(nn.Module):
     """Cached 2D RoPE / AS2DRoPE tables for one head dim (shared by all heads and layers).
 
@@ -256,12 +333,9 @@ class RoPE2D(nn.Module):
             return None
         table = self._cache.get(key)
         if table is None:
-            if torch.is_inference_mode_enabled():
-                # a table first made under torch.inference_mode() would be an inference
-                # tensor, unusable by a later training step: build it outside
-                with torch.inference_mode(False):
-                    table = build()
-            else:
+            # built outside inference mode: a table first made under torch.inference_mode()
+            # would otherwise be an inference tensor, unusable by a later training step
+            with torch.inference_mode(False):
                 table = build()
             self._cache[key] = table
             if len(self._cache) > self.max_cached:

@@ -1,0 +1,318 @@
+"""Speed features as properties (no timings): fast RoPE paths equal a plain reference,
+fused autograd functions give the reference gradients, tables are fetched once per
+forward, activation checkpointing changes nothing numerically, the backbones trace
+with torch.compile without graph breaks, and the benchmark/FLOPs tools measure what
+they claim."""
+import copy
+import importlib.util
+import os.path as osp
+import pickle
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
+from vllama_mm.models.attention import RoPEAttention
+from vllama_mm.models.blocks import silu_gate
+from vllama_mm.models.rope import (RoPE2D, RopeTable, apply_rope, apply_rope_tokens,
+                                   grid_positions, rope_frequencies, rope_split_heads,
+                                   rope_table)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_PLAIN = dict(embed_dims=64, num_layers=3, num_heads=2, feedforward_channels=96)
+TINY_PYRAMID = dict(embed_dims=[32, 64, 96, 128], depths=[2, 2, 2, 2])
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def reference_rope(x, cos, sin):
+    """Textbook interleaved rotation in float64: (a, b) -> (a cos - b sin, a sin + b cos)."""
+    xd, c, s = x.double(), cos.double(), sin.double()
+    a, b = xd[..., 0::2], xd[..., 1::2]
+    out = torch.stack((a * c[..., 0::2] - b * s[..., 0::2],
+                       a * s[..., 0::2] + b * c[..., 0::2]), dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+def _table(n_h=5, n_w=7, head_dim=16):
+    return RoPE2D(head_dim, (4, 4), 'as2d').grid(n_h, n_w)
+
+
+# ----------------------------------------------------------------------------- rotation
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_apply_rope_equals_reference(dtype, per_sample):
+    torch.manual_seed(0)
+    table = _table()
+    cos, sin = table
+    x = torch.randn(3, 2, 35, 16).to(dtype)
+    if per_sample:  # MAE: gathered rows, [B, N, Hc]
+        ids = torch.stack([torch.randperm(35)[:20] for _ in range(3)])
+        table = table.select(ids)
+        cos, sin = table
+        x = x[:, :, :20]
+        ref = reference_rope(x, cos[:, None], sin[:, None])
+    else:
+        ref = reference_rope(x, cos, sin)
+    out = apply_rope(x, table)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    # a plain (cos, sin) tuple gives the same result as the cached table
+    torch.testing.assert_close(apply_rope(x, (cos, sin)), out, rtol=0, atol=0)
+    assert not torch.allclose(out.float(), x.float(), atol=1e-2)  # it did rotate
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_token_major_rotation_and_split_heads_match_reference(dtype):
+    """rope_split_heads (one autograd function, one gradient buffer) == slice, rotate,
+    permute by hand: values and gradients, for qkv (k=3, 2 rotated), kv (2, 1), q (1, 1)."""
+    torch.manual_seed(0)
+    table = _table()
+    cos, sin = table
+    for k, r in ((3, 2), (2, 1), (1, 1)):
+        t = torch.randn(2, 35, k, 3, 16, dtype=dtype, requires_grad=True)
+        outs = rope_split_heads(t, table, r)
+        assert len(outs) == k and all(o.shape == (2, 3, 35, 16) for o in outs)
+        weights = [torch.randn(o.shape, dtype=dtype) for o in outs]
+        sum((o.float() * w).sum() for o, w in zip(outs, weights)).backward()
+        grad = t.grad.clone()
+        t.grad = None
+        refs = [(reference_rope(t[:, :, i], cos[:, None], sin[:, None]) if i < r
+                 else t[:, :, i]).transpose(1, 2) for i in range(k)]
+        sum((o.float() * w).sum() for o, w in zip(refs, weights)).backward()
+        for o, ref in zip(outs, refs):
+            torch.testing.assert_close(o, ref, **TOL[dtype])
+        torch.testing.assert_close(grad, t.grad, **TOL[dtype])
+        # token-major rotation of the slice is the same rotation
+        rotated = apply_rope_tokens(t[:, :, :r].detach(), table)
+        heads = torch.stack([o.detach() for o in outs[:r]], 2)  # [B, h, r, N, Hc]
+        torch.testing.assert_close(rotated, heads.permute(0, 3, 2, 1, 4), **TOL[dtype])
+
+
+def test_rope_table_is_a_tuple_with_a_cached_complex_form():
+    rope = RoPE2D(16, (4, 4), 'as2d')
+    table = rope.grid(4, 6)
+    assert isinstance(table, tuple) and len(table) == 2
+    cos, sin = table
+    torch.testing.assert_close(table.rot.real, cos[:, 0::2])
+    torch.testing.assert_close(table.rot.imag, sin[:, 0::2])
+    # the same values as the public table function (what the layout tests pin down)
+    ref = rope_table(grid_positions(4, 6, scale=(4 / 6, 1.0)), rope_frequencies(16))
+    torch.testing.assert_close(cos, ref[0])
+    for clone in (copy.deepcopy(table), pickle.loads(pickle.dumps(table))):
+        assert isinstance(clone, RopeTable)
+        torch.testing.assert_close(clone.rot, table.rot)
+    with pytest.raises(ValueError, match='one shape'):
+        RopeTable(cos, sin[:, :4])
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_fused_silu_gate_matches_autograd(dtype):
+    torch.manual_seed(0)
+    gu = torch.randn(2, 9, 24, dtype=dtype, requires_grad=True)
+    w = torch.randn(2, 9, 12, dtype=dtype)
+    out = silu_gate(gu)
+    (out.float() * w).sum().backward()
+    grad = gu.grad.clone()
+    gu.grad = None
+    gate, up = gu.chunk(2, -1)
+    ref = F.silu(gate) * up
+    (ref.float() * w).sum().backward()
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    torch.testing.assert_close(grad, gu.grad, **TOL[dtype])
+    with torch.no_grad():  # inference path
+        torch.testing.assert_close(silu_gate(gu), ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize('sr_pad,hw', [(True, (10, 13)), (False, (10, 13)), (True, (8, 8))])
+def test_pooled_keys_gemm_equals_the_strided_conv(sr_pad, hw):
+    torch.manual_seed(0)
+    attn = RoPEAttention(32, 2, sr_ratio=4, sr_pad=sr_pad)
+    H, W = hw
+    x = torch.randn(2, H * W, 32)
+    x_map = x.transpose(1, 2).reshape(2, 32, H, W)
+    if sr_pad:
+        x_map = F.pad(x_map, (0, (-W) % 4, 0, (-H) % 4))
+    ref = attn.sr(x_map).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(attn._subsample(x, H, W), ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- tables
+def _count_lookups(ropes):
+    calls = []
+    for i, rope in enumerate(ropes):
+        original = rope._cached
+
+        def counted(key, build, _i=i, _orig=original):
+            calls.append((_i, key))
+            return _orig(key, build)
+        rope._cached = counted
+    return calls
+
+
+def test_plain_tables_fetched_once_per_forward():
+    m = VisionLLaMA(TINY_PLAIN, img_size=64, with_cls_token=False, out_type='featmap',
+                    window_size=3, global_attn_indexes=(1, )).eval()
+    calls = _count_lookups([m.rope])
+    with torch.no_grad():
+        m(torch.randn(1, 3, 64, 80))
+        assert len(calls) == 2  # one global table, one window table, for 3 blocks
+        m(torch.randn(1, 3, 64, 80))
+    assert len(calls) == 4 and len(m.rope._cache) == 2  # second forward: cache hits only
+
+
+def test_pyramid_tables_fetched_once_per_stage():
+    m = PyramidVisionLLaMA(TINY_PYRAMID, img_size=64).eval()
+    calls = _count_lookups(m.ropes)
+    with torch.no_grad():
+        m(torch.randn(1, 3, 64, 64))
+    # per stage: LSA window, GSA queries, GSA keys (sr > 1) -- not per block
+    assert sorted(i for i, _ in calls) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
+
+
+# ----------------------------------------------------------------------------- checkpointing
+def _outputs_and_grads(model, x):
+    torch.manual_seed(123)  # same drop-path draws
+    outs = model(x)
+    sum(o.pow(2).mean() for o in outs).backward()
+    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('kind', ['plain', 'pyramid', 'vitdet'])
+def test_with_cp_gives_the_same_outputs_and_gradients(kind):
+    torch.manual_seed(0)
+    if kind == 'plain':
+        m = VisionLLaMA(TINY_PLAIN, img_size=64, drop_path_rate=0.2)
+        x = torch.randn(2, 3, 64, 64)
+    elif kind == 'vitdet':
+        m = VisionLLaMA(TINY_PLAIN, img_size=64, with_cls_token=False, out_type='featmap',
+                        window_size=3, global_attn_indexes=(1, ), drop_path_rate=0.2)
+        x = torch.randn(2, 3, 64, 80)
+    else:
+        m = PyramidVisionLLaMA(TINY_PYRAMID, img_size=64, drop_path_rate=0.2)
+        x = torch.randn(2, 3, 64, 80)
+    m.init_weights()
+    m.train()
+    cp = copy.deepcopy(m)
+    cp.with_cp = True
+    checkpoints = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def spy(*args, **kwargs):
+        checkpoints.append(1)
+        return original(*args, **kwargs)
+    out_ref, grad_ref = _outputs_and_grads(m, x)
+    torch.utils.checkpoint.checkpoint = spy
+    try:
+        out_cp, grad_cp = _outputs_and_grads(cp, x)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+    assert len(checkpoints) == (3 if kind != 'pyramid' else 8)  # every block checkpointed
+    for a, b in zip(out_ref, out_cp):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert grad_ref.keys() == grad_cp.keys()
+    for name in grad_ref:
+        torch.testing.assert_close(grad_ref[name], grad_cp[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+
+
+# ----------------------------------------------------------------------------- compile
+def _tiny_models():
+    return [
+        ('plain', VisionLLaMA(TINY_PLAIN, img_size=64), (2, 3, 64, 64)),
+        ('vitdet', VisionLLaMA(TINY_PLAIN, img_size=64, with_cls_token=False,
+                               out_type='featmap', window_size=3, global_attn_indexes=(1, )),
+         (2, 3, 64, 80)),
+        ('pyramid', PyramidVisionLLaMA(TINY_PYRAMID, img_size=64), (2, 3, 80, 96)),
+        ('mae', VisionLLaMAMAE(TINY_PLAIN, img_size=64, mask_ratio=0.5), (2, 3, 64, 64)),
+    ]
+
+
+@pytest.mark.parametrize('index', range(4))
+def test_backbones_trace_without_graph_breaks(index):
+    name, model, shape = _tiny_models()[index]
+    torch._dynamo.reset()
+    x = torch.randn(*shape)
+    explanation = torch._dynamo.explain(model.eval())(x)
+    assert explanation.graph_break_count == 0, (name, explanation.break_reasons)
+    assert explanation.graph_count == 1
+
+
+def test_compiled_training_step_matches_eager():
+    """The code paths taken while compiling (plain element-wise RoPE and SwiGLU, the
+    in-graph window mask) give eager's outputs and gradients (backend aot_eager: the
+    traced graphs without code generation)."""
+    torch.manual_seed(0)
+    for name, model, shape in _tiny_models()[:3]:
+        model.init_weights()
+        model.train()
+        compiled_model = copy.deepcopy(model)
+        torch._dynamo.reset()
+        compiled = torch.compile(compiled_model, backend='aot_eager', fullgraph=True)
+        x = torch.randn(*shape)
+        outs = model(x)
+        outs_c = compiled(x)
+        sum(o.pow(2).mean() for o in outs).backward()
+        sum(o.pow(2).mean() for o in outs_c).backward()
+        for a, b in zip(outs, outs_c):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for (n, p), q in zip(model.named_parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name + n)
+
+
+# ----------------------------------------------------------------------------- tools
+def _load_tool(rel):
+    path = osp.join(ROOT, rel)
+    spec = importlib.util.spec_from_file_location(osp.basename(rel)[:-3] + '_under_test', path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_counter_counts_sdpa_and_rope():
+    gf = _load_tool('tools/analysis/get_flops.py')
+
+    class Attn(torch.nn.Module):
+        def forward(self, x):  # image [2, 3, 10, 8] -> SDPA, 4 heads, 10 queries, 6 keys
+            q = x[:, :1].expand(2, 4, 10, 8)
+            return F.scaled_dot_product_attention(q, q[:, :, :6], q[:, :, :6])
+
+    c = gf.count_complexity(Attn(), (10, 8), batch=2)
+    # q.k: 2*4*10*6*8 MACs, attn.v: the same
+    assert c.by_operator['scaled_dot_product_attention'] == 2 * (2 * 4 * 10 * 6 * 8)
+    assert c.stock_flops == c.flops - c.by_operator['scaled_dot_product_attention']
+    # a real backbone: RoPE counted (4 per complex pair), and ours ~ ViT-B's FLOPs
+    m = VisionLLaMA(TINY_PLAIN, img_size=64)
+    c = gf.count_complexity(m, (64, 64))
+    n, hc = 17, 32  # 16 patches + class token, head dim 32; q and k: 2 * 2 heads
+    assert c.by_operator['rope (complex mul)'] == 3 * 4 * (2 * 2 * n * hc // 2)
+    assert 'aten::silu' in c.uncounted  # other element-wise work is listed, not counted
+
+
+def test_model_names_parse_and_pair_with_peers():
+    gf = _load_tool('tools/analysis/get_flops.py')
+    s = gf.parse_model('vllama-mae-b-seg@512')
+    assert (s.family, s.arch, s.task, s.size) == ('vllama', 'mae-b', 'seg', (512, 512))
+    assert s.peer().name == 'vit-b-seg'
+    s = gf.parse_model('pvllama-s-det')
+    assert s.size == (800, 1333) and s.peer().label == 'svt-s-det@800x1333'
+    for bad in ('resnet-50', 'vllama-xl', 'vit-b@big'):
+        with pytest.raises(ValueError):
+            gf.parse_model(bad)
+
+
+def test_cpu_peak_memory_sees_a_transient_allocation():
+    bench = _load_tool('tools/benchmark.py')
+    mem = bench.PeakMemory(torch.device('cpu'))
+    if not mem.available:
+        pytest.skip('needs Linux /proc and glibc')
+
+    def allocate():  # 64 MiB live at once, freed before returning
+        t = torch.ones(16, 1024, 1024)
+        t.add_(1)
+        del t
+    peak = mem.measure(allocate)
+    assert 60 * 2 ** 20 < peak < 100 * 2 ** 20
+    assert mem.measure(lambda: None) < 16 * 2 ** 20

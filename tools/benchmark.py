@@ -1,0 +1,613 @@
+"""Speed, memory and FLOP/s of VisionLLaMA backbones beside their mmpretrain peers.
+
+For every model of one run it measures
+
+* **forward**: ``model.eval()``, ``torch.no_grad()``, one batch -> images/s;
+* **training step**: ``model.train()``, forward, a scalar loss (mean square of every
+  output), backward, and an optimizer step (plain SGD by default: stateless, so the
+  step is the same tiny cost for every model; ``--optimizer adamw`` for AdamW) ->
+  images/s;
+* **peak memory** of each, above the memory held before the call: on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
+  (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs``) minus
+  the resident size just before the call, after ``malloc_trim(0)`` has handed freed
+  heap pages back to the OS, so that re-used allocator pages cannot hide the peak.
+  Measured in one extra untimed call per model (trimming would make timed calls
+  page-fault);
+* **forward FLOP/s** = forward MACs x 2 (counted by ``tools/analysis/get_flops.py``)
+  x images/s, as a fraction of the machine's GEMM rate in the models' precision (the
+  best of a large ``torch.mm`` timed 3 times in every round): the physical ceiling.
+
+Timing: ``--warmup`` untimed calls, then ``--repeats`` rounds; each round times every
+model once (forward and training step) in an order rotated from round to round, a model
+next to its baseline. Each figure is the median over rounds; each ratio is the median
+of per-round ratios (a model and its baseline timed back to back), which cancels most
+of the drift of a shared, loaded machine. The load average is recorded.
+
+Baselines: ``vllama-*`` -> mmpretrain ``VisionTransformer`` (``vit-*``), ``pvllama-*``
+-> mmpretrain Twins ``SVT`` (``svt-*``), same size, task and input (see
+``tools/analysis/get_flops.py`` for model names); ``--ref REV`` adds our models built
+from the ``vllama_mm/models`` of git revision REV (before/after a change).
+
+Devices: CPU by default (fp32); CUDA when available (bf16 autocast) or ``--device``.
+
+Usage (the docs table, docs/benchmark.md; about 10 minutes on 2 cores)::
+
+    python tools/benchmark.py --ref 32fba4e --ref-models vllama-b pvllama-s pvllama-b \
+        --out-dir docs/
+    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 5
+    python tools/benchmark.py --models pvllama-s svt-s --ref HEAD~1 --compile
+"""
+import argparse
+import ctypes
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import os.path as osp
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+sys.path.insert(0, ROOT)
+
+DEFAULT_MODELS = ['vllama-b', 'vit-b', 'pvllama-s', 'svt-s', 'pvllama-b', 'svt-b',
+                  'vllama-b-seg', 'vit-b-seg', 'vllama-b-det']
+DOC_BEGIN, DOC_END = '<!-- benchmark:begin -->', '<!-- benchmark:end -->'
+
+
+def _load_get_flops():
+    """tools/analysis/get_flops.py: model names, builders and the FLOP counter."""
+    path = osp.join(ROOT, 'tools', 'analysis', 'get_flops.py')
+    spec = importlib.util.spec_from_file_location('vllama_get_flops', path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+gf = _load_get_flops()
+
+
+# ------------------------------------------------------------------ machine
+def machine_info(device: torch.device) -> Dict[str, str]:
+    info = {'torch': torch.__version__, 'threads': str(torch.get_num_threads()),
+            'python': platform.python_version()}
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+        fields = dict(line.split(':', 1) for line in out.splitlines() if ':' in line)
+        info['cpu'] = fields.get('Model name', platform.processor()).strip()
+        info['cores'] = fields.get('CPU(s)', str(os.cpu_count())).strip()
+    except OSError:
+        info['cpu'], info['cores'] = platform.processor(), str(os.cpu_count())
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_average() -> Tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float('nan'), ) * 3
+
+
+# ------------------------------------------------------------------ memory
+class PeakMemory:
+    """Peak memory (bytes) of one call above what was held before it (see module doc)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._libc = None
+        if device.type == 'cpu':
+            try:
+                self._libc = ctypes.CDLL('libc.so.6')
+                with open('/proc/self/clear_refs', 'w') as f:
+                    f.write('5')
+                self.available = True
+            except OSError:
+                self.available = False  # not Linux/glibc: memory is not reported
+        else:
+            self.available = device.type == 'cuda'
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1])
+        raise KeyError(key)
+
+    def measure(self, fn: Callable[[], None]) -> Optional[int]:
+        if not self.available:
+            fn()
+            return None
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            fn()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - before
+        self._libc.malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # VmHWM := VmRSS
+        before = self._status_kib('VmRSS')
+        fn()
+        return (self._status_kib('VmHWM') - before) * 1024
+
+
+# ------------------------------------------------------------------ models
+@dataclass
+class Entry:
+    """One model of the run and its measurements."""
+    key: str  # unique label, e.g. 'vllama-b@224' or 'vllama-b@224 (ref 32fba4e)'
+    spec: 'gf.ModelSpec'
+    model: nn.Module
+    batch: int
+    ours: bool
+    baseline: Optional[str] = None  # key of the entry it is compared with
+    macs: Optional[int] = None  # forward MACs per image
+    params: int = 0
+    train: bool = True
+    ref_key: Optional[str] = None  # key of its --ref twin (older code), if any
+    fwd_s: List[float] = field(default_factory=list)
+    train_s: List[float] = field(default_factory=list)
+    fwd_mem: Optional[int] = None
+    train_mem: Optional[int] = None
+
+
+def load_ref_models(rev: str):
+    """``vllama_mm/models`` of git revision ``rev`` as a separate importable package."""
+    short = subprocess.run(['git', 'rev-parse', '--short', rev], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    archive = subprocess.run(['git', 'archive', rev, 'vllama_mm/models'], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    tmp = tempfile.mkdtemp(prefix='vllama_ref_')
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp)  # our own repository's files
+    pkg = f'vllama_ref_{short}'
+    os.rename(osp.join(tmp, 'vllama_mm', 'models'), osp.join(tmp, pkg))
+    sys.path.insert(0, tmp)
+    return importlib.import_module(pkg), short
+
+
+def _init(model: nn.Module) -> nn.Module:
+    if hasattr(model, 'init_weights'):
+        model.init_weights()  # realistic magnitudes (layer scale, trunc-normal linears)
+    return model
+
+
+# ------------------------------------------------------------------ timing
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
+               ) -> Tuple[Callable[[], None], Callable[[], None]]:
+    model = entry.model
+    runner = torch.compile(model) if args.compile else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == 'sgd':
+        opt = torch.optim.SGD(params, lr=1e-6)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-6)
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else None
+
+    def run():
+        if amp is None:
+            return runner(x)
+        with amp:
+            return runner(x)
+
+    def forward() -> None:
+        model.eval()
+        # no_grad (as mmengine's val/test loops); not inference_mode, whose tensors a
+        # later training step could not use
+        with torch.no_grad():
+            run()
+
+    def train_step() -> None:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        outs = run()
+        loss = sum(o.float().pow(2).mean() for o in outs)
+        loss.backward()
+        opt.step()
+
+    return forward, train_step
+
+
+def timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    return clock() - t0
+
+
+def gemm_rate(device: torch.device, n: int, dtype: torch.dtype,
+              clock: Callable[[], float], calls: int = 3) -> float:
+    """FLOP/s of an n x n x n matrix product (2 n^3 FLOPs), the best of ``calls``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm
+    t = min(timed(lambda: torch.mm(a, b), device, clock) for _ in range(calls))
+    return 2 * n ** 3 / t
+
+
+# ------------------------------------------------------------------ report
+def _median(v: Sequence[float]) -> float:
+    return statistics.median(v) if v else float('nan')
+
+
+def _paired_ratio(a: List[float], b: List[float]) -> float:
+    """Median over rounds of throughput(a) / throughput(b) = time(b) / time(a)."""
+    pairs = [tb / ta for ta, tb in zip(a, b)]
+    return _median(pairs)
+
+
+def summarize(entries: Dict[str, Entry], gemm: List[float]) -> List[Dict]:
+    ceiling = max(gemm)  # the best GEMM rate seen: the machine's ceiling
+    rows = []
+    for e in entries.values():
+        fwd_ips = e.batch / _median(e.fwd_s) if e.fwd_s else float('nan')
+        train_ips = e.batch / _median(e.train_s) if e.train_s else float('nan')
+        row = dict(key=e.key, name=e.spec.name, size=e.spec.size, batch=e.batch,
+                   params=e.params, macs=e.macs, fwd_ips=fwd_ips, train_ips=train_ips,
+                   fwd_mem=e.fwd_mem, train_mem=e.train_mem, baseline=e.baseline,
+                   fwd_s=e.fwd_s, train_s=e.train_s)
+        row['gemm_frac'] = (2 * e.macs * fwd_ips / ceiling) if e.macs else float('nan')
+        if e.baseline:
+            b = entries[e.baseline]
+            row['fwd_ratio'] = _paired_ratio(e.fwd_s, b.fwd_s) * e.batch / b.batch
+            row['train_ratio'] = (_paired_ratio(e.train_s, b.train_s) * e.batch / b.batch
+                                  if e.train_s and b.train_s else float('nan'))
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Optional[float], spec: str = '.2f') -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return '—'
+    return format(v, spec)
+
+
+def _mb(v: Optional[int]) -> str:
+    return '—' if v is None else f'{v / 2 ** 20:.0f}'
+
+
+def markdown(rows: List[Dict], meta: Dict) -> str:
+    h = meta
+    lines = [
+        f'Measured {h["date"]} on {h["machine"]["cpu"]} ({h["machine"]["cores"]} cores'
+        + (f', {h["machine"]["gpu"]}' if 'gpu' in h['machine'] else '') +
+        f'), torch {h["machine"]["torch"]}, {h["machine"]["threads"]} threads, '
+        f'{h["precision"]}; load average {h["load_before"]} before, {h["load_after"]} after. '
+        f'Median {h["timer"]} of {h["repeats"]} rounds after {h["warmup"]} warm-up; training step = '
+        f'forward + backward + {h["optimizer"]} step{h["extras"]}. {h["gemm_dtype"]} GEMM ceiling '
+        f'({h["gemm_n"]}³ torch.mm): {h["gemm_gflops"]:.0f} GFLOP/s.',
+        '',
+        f'Command: `{h["command"]}`',
+        '',
+        '| model | input | batch | params (M) | GMACs/img | forward img/s | train img/s | '
+        'forward peak MB | train peak MB | forward FLOP/s / GEMM | baseline | forward ratio | '
+        'train ratio |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        hh, ww = r['size']
+        macs = _fmt(r['macs'] / 1e9 if r['macs'] else None)
+        lines.append(
+            f'| {re.sub(r"@[0-9x]+", "", r["key"])} | {hh}x{ww} | '
+            f'{r["batch"]} | {r["params"] / 1e6:.1f} | {macs} | {_fmt(r["fwd_ips"])} | '
+            f'{_fmt(r["train_ips"])} | {_mb(r["fwd_mem"])} | {_mb(r["train_mem"])} | '
+            f'{_fmt(100 * r["gemm_frac"], ".0f")}% | {r["baseline"] or "—"} | '
+            f'{_fmt(r.get("fwd_ratio"))} | {_fmt(r.get("train_ratio"))} |')
+    lines += ['', 'Ratios are throughput / baseline throughput (> 1: faster than the baseline), '
+              'the median of per-round ratios. ![benchmark](benchmark.png)']
+    return '\n'.join(lines)
+
+
+def _bars(ax, labels: List[str], series: Dict[str, List[float]], ylabel: str,
+          title: str, ref_line: Optional[float] = None) -> None:
+    """Grouped bars with their values printed on top."""
+    width = 0.8 / max(len(series), 1)
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        bars = ax.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=name)
+        for bar, v in zip(bars, values):
+            if not math.isnan(v):
+                ax.annotate(f'{v:.2f}' if v < 10 else f'{v:.0f}',
+                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha='center', va='bottom', fontsize=6)
+    if ref_line is not None:
+        ax.axhline(ref_line, color='k', lw=0.8)
+        finite = [v for vs in series.values() for v in vs if not math.isnan(v)] or [1.0]
+        ax.set_ylim(min(0.5, min(finite) - 0.1), max(1.25, max(finite) + 0.1))
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7, rotation=25, ha='right')
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc='lower right')
+
+
+def plot(rows: List[Dict], path: str, title: str) -> None:
+    """PNG: ratios vs baselines, speed-ups vs --ref (if any), hardware utilisation."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    compared = [r for r in rows if r['baseline']]
+    refs = [r for r in rows if 'vs_ref_fwd' in r]
+    top = [p for p in (compared, refs) if p]
+    fig = plt.figure(figsize=(12, 8.5))
+    grid = fig.add_gridspec(2, max(len(top), 1),
+                            width_ratios=[len(p) + 1 for p in top] or [1])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(len(top))]
+    axes.append(fig.add_subplot(grid[1, :]))
+    if compared:
+        _bars(axes.pop(0), [f'{r["key"]}\nvs {r["baseline"]}' for r in compared],
+              {'forward': [r['fwd_ratio'] for r in compared],
+               'training step': [r['train_ratio'] for r in compared]},
+              'throughput / baseline throughput', 'VisionLLaMA vs peer (> 1: faster)', 1.0)
+    if refs:
+        _bars(axes.pop(0), [r['key'] for r in refs],
+              {'forward': [r['vs_ref_fwd'] for r in refs],
+               'training step': [r['vs_ref_train'] for r in refs]},
+              'throughput / throughput at --ref', 'speed-up vs the reference code', 1.0)
+    _bars(axes.pop(0), [r['key'] for r in rows],
+          {'forward': [100 * r['gemm_frac'] for r in rows]},
+          'forward FLOP/s, % of the GEMM rate', 'hardware utilisation (forward)')
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_doc(path: str, text: str) -> None:
+    block = f'{DOC_BEGIN}\n{text}\n{DOC_END}'
+    old = open(path).read() if osp.exists(path) else '# Benchmarks\n\n'
+    if DOC_BEGIN in old and DOC_END in old:
+        new = old[:old.index(DOC_BEGIN)] + block + old[old.index(DOC_END) + len(DOC_END):]
+    else:
+        new = old + ('\n' if not old.endswith('\n') else '') + block + '\n'
+    with open(path, 'w') as f:
+        f.write(new)
+
+
+# ------------------------------------------------------------------ main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
+                   help='<family>-<arch>[-<task>][@H[xW]] (tools/analysis/get_flops.py); '
+                        'default: %(default)s')
+    p.add_argument('--batch', type=int, default=4, help='batch for inputs up to 384 px')
+    p.add_argument('--batch-hires', type=int, default=1, help='batch for larger inputs')
+    p.add_argument('--repeats', type=int, default=5, help='timed rounds (median)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed calls first')
+    p.add_argument('--device', default=None, help='cpu / cuda (default: cuda if present)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    p.add_argument('--optimizer', default='sgd', choices=['sgd', 'adamw'])
+    p.add_argument('--timer', default='wall', choices=['wall', 'cpu'],
+                   help="'cpu': process CPU time instead of wall time (CPU only; use with "
+                        '--threads 1 on a machine loaded by other jobs)')
+    p.add_argument('--train-max-pixels', type=int, default=600_000,
+                   help='on CPU, skip the training step of inputs larger than this many '
+                        'pixels (a 1024² step takes minutes on a few cores); 0: no limit')
+    p.add_argument('--no-train', action='store_true', help='forward only')
+    p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
+    p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
+    p.add_argument('--compile', action='store_true', help='torch.compile every model')
+    p.add_argument('--with-cp', action='store_true',
+                   help='activation checkpointing in our backbones (peers have none)')
+    p.add_argument('--ref', default=None, metavar='REV',
+                   help='also time our models built from the vllama_mm/models of git '
+                        'revision REV (before/after), each against the current code')
+    p.add_argument('--ref-models', nargs='+', default=None,
+                   help='which of our models get a REV twin (default: all of ours)')
+    p.add_argument('--gemm-n', type=int, default=2048, help='size of the GEMM ceiling')
+    p.add_argument('--out-dir', default=None,
+                   help='write benchmark.png there and the table into benchmark.md '
+                        '(between its benchmark markers; other text is kept)')
+    p.add_argument('--json', default=None, help='also dump raw numbers to this file')
+    args = p.parse_args(argv)
+    for name in ('batch', 'batch_hires', 'repeats'):
+        if getattr(args, name) < 1:
+            raise ValueError(f'--{name.replace("_", "-")} must be >= 1')
+    if args.warmup < 0:
+        raise ValueError('--warmup must be >= 0')
+    return args
+
+
+def build_entries(args, device: torch.device) -> Dict[str, Entry]:
+    specs = [gf.parse_model(m) for m in args.models]
+    entries: Dict[str, Entry] = {}
+    labels = {s.label for s in specs}
+    ours_kw = dict(with_cp=True) if args.with_cp else {}
+    ref_module, ref_short = (load_ref_models(args.ref) if args.ref else (None, None))
+    ref_names = set(args.ref_models) if args.ref_models else None
+
+    def add(spec, module=None, key=None, ours=False, baseline=None):
+        model = gf.build_model(spec, module, **(ours_kw if ours else {}))
+        model = _init(model).to(device)
+        hw = spec.size
+        batch = args.batch if max(hw) <= 384 else args.batch_hires
+        e = Entry(key or spec.label, spec, model, batch, ours, baseline,
+                  params=sum(p.numel() for p in model.parameters()))
+        e.train = not args.no_train and (device.type != 'cpu' or not args.train_max_pixels
+                                         or hw[0] * hw[1] <= args.train_max_pixels)
+        entries[e.key] = e
+
+    for spec in specs:
+        ours = spec.family in gf.PEER_FAMILY
+        peer = spec.peer() if ours else None
+        add(spec, ours=ours, baseline=peer.label if peer and peer.label in labels else None)
+    if ref_module is not None:
+        for spec in specs:
+            if spec.family in gf.PEER_FAMILY and (ref_names is None or spec.name in ref_names
+                                                  or spec.label in ref_names):
+                # the twin has no baseline: it is compared with the current code
+                add(spec, ref_module, f'{spec.label} (ref {ref_short})', ours=True)
+                entries[spec.label].ref_key = f'{spec.label} (ref {ref_short})'
+    return entries
+
+
+def round_order(entries: Dict[str, Entry], r: int) -> List[Entry]:
+    """Groups (a model, its baseline, its ref twin) in an order rotated each round;
+    inside a group the members alternate, so pairs are always timed back to back."""
+    groups, placed = [], set()
+    for e in entries.values():
+        if e.key in placed:
+            continue
+        group = [e]
+        for other in entries.values():
+            if other is not e and other.key not in placed and (
+                    e.baseline == other.key or other.baseline == e.key
+                    or e.ref_key == other.key):
+                group.append(other)
+        placed.update(g.key for g in group)
+        groups.append(group)
+    k = r % len(groups)
+    groups = groups[k:] + groups[:k]
+    order = []
+    for g in groups:
+        order += g if r % 2 == 0 else g[::-1]
+    return order
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if args.timer == 'cpu' and device.type != 'cpu':
+        raise ValueError('--timer cpu measures CPU time: it cannot time CUDA kernels')
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from tqdm import tqdm
+    torch.manual_seed(0)
+    load_before = load_average()
+    entries = build_entries(args, device)
+
+    # FLOPs (per image, batch 1 trace; the ref twin has the same arithmetic)
+    if not args.no_flops:
+        for e in tqdm(list(entries.values()), desc='counting FLOPs', leave=False):
+            if ' (ref ' in e.key:
+                continue
+            model = e.model if device.type == 'cpu' else gf.build_model(e.spec)
+            e.macs = gf.count_complexity(model, e.spec.size).flops
+        for e in entries.values():
+            if ' (ref ' in e.key:
+                e.macs = entries[e.key.split(' (ref ')[0]].macs
+
+    inputs: Dict[Tuple, torch.Tensor] = {}
+    calls = {}
+    for e in entries.values():
+        shape = (e.batch, 3, *e.spec.size)
+        if shape not in inputs:
+            inputs[shape] = torch.randn(shape, device=device)
+        calls[e.key] = make_calls(e, inputs[shape], args, device)
+
+    if args.compile:
+        # first eval call compiles (and fills the RoPE caches), the second recompiles
+        # once for the now-filled cache, the first training call compiles for grad mode
+        args.warmup = max(args.warmup, 2)
+    total = len(entries) * (args.warmup + (0 if args.no_memory else 1) + args.repeats)
+    bar = tqdm(total=total, desc='benchmark')
+    for _ in range(args.warmup):
+        for e in entries.values():
+            bar.set_postfix_str(f'warm-up {e.key}')
+            fwd, trn = calls[e.key]
+            fwd()
+            if e.train:
+                trn()
+            bar.update()
+    if not args.no_memory:
+        mem = PeakMemory(device)
+        for e in entries.values():
+            bar.set_postfix_str(f'memory {e.key}')
+            fwd, trn = calls[e.key]
+            e.fwd_mem = mem.measure(fwd)
+            if e.train:
+                e.train_mem = mem.measure(trn)
+            bar.update()
+    gemm = []
+    # the ceiling in the precision the models run in
+    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    # wall clock, or the process's CPU time (all its threads): on a machine shared with
+    # other jobs, CPU time with --threads 1 is not inflated by waiting for a core
+    clock = time.process_time if args.timer == 'cpu' else time.perf_counter
+    for r in range(args.repeats):
+        gemm.append(gemm_rate(device, args.gemm_n, dtype, clock))
+        for e in round_order(entries, r):
+            bar.set_postfix_str(f'round {r + 1} {e.key}')
+            fwd, trn = calls[e.key]
+            e.fwd_s.append(timed(fwd, device, clock))
+            if e.train:
+                e.train_s.append(timed(trn, device, clock))
+            bar.update()
+    bar.close()
+    load_after = load_average()
+
+    rows = summarize(entries, gemm)
+    for e in entries.values():  # after / before speed-ups of --ref twins
+        ref = e.ref_key
+        if ref:
+            row = next(r for r in rows if r['key'] == e.key)
+            row['vs_ref_fwd'] = _paired_ratio(e.fwd_s, entries[ref].fwd_s)
+            row['vs_ref_train'] = (_paired_ratio(e.train_s, entries[ref].train_s)
+                                   if e.train_s else float('nan'))
+    extras = ''
+    if args.compile:
+        extras += ', torch.compile'
+    if args.with_cp:
+        extras += ', activation checkpointing (ours)'
+    skipped = [e.key for e in entries.values() if not e.train and not args.no_train]
+    if skipped:
+        extras += f' (training step not timed for {", ".join(skipped)}: over ' \
+                  f'--train-max-pixels on CPU)'
+    meta = dict(date=time.strftime('%Y-%m-%d %H:%M'), machine=machine_info(device),
+                precision='bf16 autocast' if device.type == 'cuda' else 'fp32',
+                load_before=' '.join(f'{v:.1f}' for v in load_before),
+                load_after=' '.join(f'{v:.1f}' for v in load_after),
+                repeats=args.repeats, warmup=args.warmup, optimizer=args.optimizer,
+                timer='process CPU time' if args.timer == 'cpu' else 'wall time',
+                extras=extras, gemm_n=args.gemm_n, gemm_gflops=max(gemm) / 1e9,
+                gemm_dtype=str(dtype).replace('torch.', ''),
+                command='python tools/benchmark.py ' + ' '.join(
+                    sys.argv[1:] if argv is None else argv))
+    text = markdown(rows, meta)
+    refs = [r for r in rows if 'vs_ref_fwd' in r]
+    if refs:
+        text += '\n\n| model | forward speed-up vs ref | train speed-up vs ref |\n|---|---|---|\n'
+        text += '\n'.join(f'| {r["key"]} | {_fmt(r["vs_ref_fwd"])} | {_fmt(r["vs_ref_train"])} |'
+                          for r in refs)
+    print(text)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        plot(rows, osp.join(args.out_dir, 'benchmark.png'),
+             f'{meta["machine"]["cpu"]}, {meta["precision"]}, torch {meta["machine"]["torch"]}')
+        update_doc(osp.join(args.out_dir, 'benchmark.md'), text)
+        print(f'written {args.out_dir}/benchmark.md and benchmark.png')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1, default=str)
+    return rows
+
+
+if __name__ == '__main__':
+    main()

@@ -4,9 +4,15 @@ MMPretrain Runner on CPU, evaluate it and print its top-1 accuracy.
     python tools/demo.py [--work-dir work_dirs/demo] [--epochs 10]
 """
 import argparse
+import os
 import os.path as osp
 import sys
 import time
+
+# One intra-op thread: the tiny model's ops are too small to gain from more, and on a
+# 2-core machine OpenMP threads spin-waiting beside the data-loader worker made each
+# iteration ~15x slower (1.8 s vs 0.12 s measured). Set before torch is imported.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)

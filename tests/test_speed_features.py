@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
 from vllama_mm.models.attention import RoPEAttention
-from vllama_mm.models.blocks import silu_gate
+from vllama_mm.models.blocks import scaled_residual, silu_gate, swiglu_in
 from vllama_mm.models.rope import (RoPE2D, RopeTable, apply_rope, apply_rope_tokens,
                                    grid_positions, rope_frequencies, rope_split_heads,
                                    rope_table)
@@ -123,6 +123,44 @@ def test_fused_silu_gate_matches_autograd(dtype):
     torch.testing.assert_close(grad, gu.grad, **TOL[dtype])
     with torch.no_grad():  # inference path
         torch.testing.assert_close(silu_gate(gu), ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_fused_swiglu_projection_matches_autograd(bias):
+    """swiglu_in (two GEMMs + gate in one autograd function) == w12 then chunk/silu/mul:
+    values and the gradients of x, w12.weight and w12.bias."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 2 * 12, bias=bias)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    w = torch.randn(2, 5, 12)
+    out = swiglu_in(x, lin)
+    (out * w).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in lin.parameters()]
+    x.grad = None
+    lin.zero_grad()
+    gate, up = lin(x).chunk(2, -1)
+    ref = F.silu(gate) * up
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in lin.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # autocast: the plain route
+        torch.testing.assert_close(swiglu_in(x, lin).float(), ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize('scale_shape', [(8, ), (2, 1, 8)])
+def test_scaled_residual_matches_autograd(scale_shape):
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8, requires_grad=True)
+    scale = torch.randn(*scale_shape, requires_grad=True)
+    w = torch.randn(2, 5, 8)
+    (scaled_residual(x, y, scale) * w).sum().backward()
+    grads = [t.grad.clone() for t in (x, y, scale)]
+    for t in (x, y, scale):
+        t.grad = None
+    ((x + y * scale) * w).sum().backward()
+    for a, t in zip(grads, (x, y, scale)):
+        torch.testing.assert_close(a, t.grad, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('sr_pad,hw', [(True, (10, 13)), (False, (10, 13)), (True, (8, 8))])

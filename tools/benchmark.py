@@ -31,11 +31,11 @@ from the ``vllama_mm/models`` of git revision REV (before/after a change).
 
 Devices: CPU by default (fp32); CUDA when available (bf16 autocast) or ``--device``.
 
-Usage (the docs table, docs/benchmark.md; about 10 minutes on 2 cores)::
+Usage (the docs table, docs/benchmark.md; about 5 minutes on 2 cores)::
 
     python tools/benchmark.py --ref 32fba4e --ref-models vllama-b pvllama-s pvllama-b \
         --out-dir docs/
-    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 5
+    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 9
     python tools/benchmark.py --models pvllama-s svt-s --ref HEAD~1 --compile
 """
 import argparse
@@ -298,7 +298,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         + (f', {h["machine"]["gpu"]}' if 'gpu' in h['machine'] else '') +
         f'), torch {h["machine"]["torch"]}, {h["machine"]["threads"]} threads, '
         f'{h["precision"]}; load average {h["load_before"]} before, {h["load_after"]} after. '
-        f'Median {h["timer"]} of {h["repeats"]} rounds after {h["warmup"]} warm-up; training step = '
+        f'Median {h["timer"]} of {h["repeats"]} rounds after {h["warmup"]} warm-up; '
+        f'training step = '
         f'forward + backward + {h["optimizer"]} step{h["extras"]}. {h["gemm_dtype"]} GEMM ceiling '
         f'({h["gemm_n"]}³ torch.mm): {h["gemm_gflops"]:.0f} GFLOP/s.',
         '',

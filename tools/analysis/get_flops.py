@@ -34,7 +34,6 @@ attention everywhere, as mmpretrain has no windowed ViT).
 """
 import argparse
 import math
-import os
 import os.path as osp
 import sys
 from collections import Counter

@@ -354,3 +354,20 @@ def test_cpu_peak_memory_sees_a_transient_allocation():
     peak = mem.measure(allocate)
     assert 60 * 2 ** 20 < peak < 100 * 2 ** 20
     assert mem.measure(lambda: None) < 16 * 2 ** 20
+
+
+def test_benchmark_ratio_quartiles_and_target_verdicts():
+    bench = _load_tool('tools/benchmark.py')
+    # per-round times: the model takes 1 s, the baseline 0.9 .. 1.3 s -> ratios 0.9 .. 1.3
+    ours = [1.0] * 5
+    base = [0.9, 1.0, 1.1, 1.2, 1.3]
+    med, q1, q3 = bench._paired_ratios(ours, base)
+    assert (med, q1, q3) == pytest.approx((1.1, 1.0, 1.2))
+    assert bench.verdict(med, q1, q3, 1.0) == 'met'
+    assert bench.verdict(med, q1, q3, 1.05) == 'within noise'
+    assert bench.verdict(med, q1, q3, 1.25) == 'not met'
+    assert bench._paired_ratio(ours, base) == pytest.approx(1.1)
+    row = dict(key='pvllama-s@224', baseline='svt-s@224', train_ratio=med, train_q1=q1,
+               train_q3=q3)
+    assert bench._ratio(row, 'train') == '1.10 [1.00–1.20]'
+    assert bench._ratio(dict(train_ratio=float('nan')), 'train') == '—'

@@ -22,7 +22,9 @@ Timing: ``--warmup`` untimed calls, then ``--repeats`` rounds; each round times 
 model once (forward and training step) in an order rotated from round to round, a model
 next to its baseline. Each figure is the median over rounds; each ratio is the median
 of per-round ratios (a model and its baseline timed back to back), which cancels most
-of the drift of a shared, loaded machine. The load average is recorded.
+of the drift of a shared, loaded machine, reported with the interquartile range of the
+per-round ratios; ``TARGETS`` (the speed goals) get a verdict from that range. The
+load average is recorded.
 
 Baselines: ``vllama-*`` -> mmpretrain ``VisionTransformer`` (``vit-*``), ``pvllama-*``
 -> mmpretrain Twins ``SVT`` (``svt-*``), same size, task and input (see
@@ -31,11 +33,11 @@ from the ``vllama_mm/models`` of git revision REV (before/after a change).
 
 Devices: CPU by default (fp32); CUDA when available (bf16 autocast) or ``--device``.
 
-Usage (the docs table, docs/benchmark.md; about 5 minutes on 2 cores)::
+Usage (the docs table, docs/benchmark.md; about 9 minutes on 2 cores)::
 
     python tools/benchmark.py --ref 32fba4e --ref-models vllama-b pvllama-s pvllama-b \
         --out-dir docs/
-    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 9
+    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 15
     python tools/benchmark.py --models pvllama-s svt-s --ref HEAD~1 --compile
 """
 import argparse
@@ -257,8 +259,39 @@ def _median(v: Sequence[float]) -> float:
 
 def _paired_ratio(a: List[float], b: List[float]) -> float:
     """Median over rounds of throughput(a) / throughput(b) = time(b) / time(a)."""
-    pairs = [tb / ta for ta, tb in zip(a, b)]
-    return _median(pairs)
+    return _paired_ratios(a, b)[0]
+
+
+def _paired_ratios(a: List[float], b: List[float]) -> Tuple[float, float, float]:
+    """(median, first quartile, third quartile) over rounds of time(b) / time(a).
+
+    The quartiles show how far one round's ratio strays: a target counts as met only
+    when it is below the first quartile (see :func:`verdict`).
+    """
+    pairs = sorted(tb / ta for ta, tb in zip(a, b))
+    if not pairs:
+        return (float('nan'),) * 3
+    if len(pairs) == 1:
+        return (pairs[0],) * 3
+    q1, _, q3 = statistics.quantiles(pairs, n=4, method='inclusive')
+    return _median(pairs), q1, q3
+
+
+#: Speed targets (issue: plain B at least as fast as ViT-B/16, pyramid at least 1.05x
+#: the SVT of the same size), training step, each model against its baseline.
+TARGETS = {'vllama-b@224': 1.0, 'pvllama-s@224': 1.05, 'pvllama-b@224': 1.05}
+
+
+def verdict(median: float, q1: float, q3: float, target: float) -> str:
+    """'met' (first quartile >= target), 'not met' (third quartile < target) or
+    'within noise' (the interquartile range of per-round ratios straddles it)."""
+    if math.isnan(median):
+        return '—'
+    if q1 >= target:
+        return 'met'
+    if q3 < target:
+        return 'not met'
+    return 'within noise'
 
 
 def summarize(entries: Dict[str, Entry], gemm: List[float]) -> List[Dict]:
@@ -274,9 +307,15 @@ def summarize(entries: Dict[str, Entry], gemm: List[float]) -> List[Dict]:
         row['gemm_frac'] = (2 * e.macs * fwd_ips / ceiling) if e.macs else float('nan')
         if e.baseline:
             b = entries[e.baseline]
-            row['fwd_ratio'] = _paired_ratio(e.fwd_s, b.fwd_s) * e.batch / b.batch
-            row['train_ratio'] = (_paired_ratio(e.train_s, b.train_s) * e.batch / b.batch
-                                  if e.train_s and b.train_s else float('nan'))
+            scale = e.batch / b.batch
+            row['fwd_ratio'], row['fwd_q1'], row['fwd_q3'] = (
+                v * scale for v in _paired_ratios(e.fwd_s, b.fwd_s))
+            row['train_ratio'], row['train_q1'], row['train_q3'] = (
+                (v * scale for v in _paired_ratios(e.train_s, b.train_s))
+                if e.train_s and b.train_s else (float('nan'),) * 3)
+            # throughput x work: the ratio per multiply-add (the models' MACs differ)
+            row['train_ratio_per_mac'] = (row['train_ratio'] * e.macs / b.macs
+                                          if e.macs and b.macs else float('nan'))
         rows.append(row)
     return rows
 
@@ -307,8 +346,8 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
         '',
         '| model | input | batch | params (M) | GMACs/img | forward img/s | train img/s | '
         'forward peak MB | train peak MB | forward FLOP/s / GEMM | baseline | forward ratio | '
-        'train ratio |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+        'train ratio | train ratio per MAC |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         hh, ww = r['size']
@@ -318,19 +357,47 @@ def markdown(rows: List[Dict], meta: Dict) -> str:
             f'{r["batch"]} | {r["params"] / 1e6:.1f} | {macs} | {_fmt(r["fwd_ips"])} | '
             f'{_fmt(r["train_ips"])} | {_mb(r["fwd_mem"])} | {_mb(r["train_mem"])} | '
             f'{_fmt(100 * r["gemm_frac"], ".0f")}% | {r["baseline"] or "—"} | '
-            f'{_fmt(r.get("fwd_ratio"))} | {_fmt(r.get("train_ratio"))} |')
-    lines += ['', 'Ratios are throughput / baseline throughput (> 1: faster than the baseline), '
-              'the median of per-round ratios. ![benchmark](benchmark.png)']
+            f'{_ratio(r, "fwd")} | {_ratio(r, "train")} | '
+            f'{_fmt(r.get("train_ratio_per_mac"))} |')
+    lines += ['', 'Ratios are throughput / baseline throughput (> 1: faster than the baseline): '
+              'the median of per-round ratios, in brackets their interquartile range. '
+              '"Per MAC" multiplies the train ratio by the models\' MACs ratio (useful '
+              'work per second). ![benchmark](benchmark.png)']
+    targets = [(r, TARGETS[r['key']]) for r in rows
+               if r['key'] in TARGETS and r.get('baseline')]
+    if targets:
+        lines += ['', '| target (training step) | median [IQR] | verdict |', '|---|---|---|']
+        for r, t in targets:
+            v = verdict(r['train_ratio'], r['train_q1'], r['train_q3'], t)
+            lines.append(f'| {r["key"]} >= {t:.2f} x {r["baseline"]} | '
+                         f'{_ratio(r, "train")} | {v} |')
     return '\n'.join(lines)
 
 
+def _ratio(r: Dict, kind: str) -> str:
+    """``median [q1-q3]`` of a row's per-round ratios, or a dash."""
+    m = r.get(f'{kind}_ratio')
+    if m is None or math.isnan(m):
+        return '—'
+    return f'{m:.2f} [{r[f"{kind}_q1"]:.2f}–{r[f"{kind}_q3"]:.2f}]'
+
+
 def _bars(ax, labels: List[str], series: Dict[str, List[float]], ylabel: str,
-          title: str, ref_line: Optional[float] = None) -> None:
-    """Grouped bars with their values printed on top."""
+          title: str, ref_line: Optional[float] = None,
+          spread: Optional[Dict[str, List[Tuple[float, float]]]] = None) -> None:
+    """Grouped bars with their values printed on top; ``spread`` (q1, q3) per bar
+    draws the interquartile range of per-round values as an error bar."""
     width = 0.8 / max(len(series), 1)
     for k, (name, values) in enumerate(series.items()):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
         bars = ax.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=name)
+        if spread and name in spread:
+            lo = [0 if math.isnan(v) else max(v - q1, 0) for v, (q1, _) in
+                  zip(values, spread[name])]
+            hi = [0 if math.isnan(v) else max(q3 - v, 0) for v, (_, q3) in
+                  zip(values, spread[name])]
+            ax.errorbar(xs, [0 if math.isnan(v) else v for v in values], yerr=[lo, hi],
+                        fmt='none', ecolor='k', elinewidth=0.7, capsize=2)
         for bar, v in zip(bars, values):
             if not math.isnan(v):
                 ax.annotate(f'{v:.2f}' if v < 10 else f'{v:.0f}',
@@ -365,7 +432,10 @@ def plot(rows: List[Dict], path: str, title: str) -> None:
         _bars(axes.pop(0), [f'{r["key"]}\nvs {r["baseline"]}' for r in compared],
               {'forward': [r['fwd_ratio'] for r in compared],
                'training step': [r['train_ratio'] for r in compared]},
-              'throughput / baseline throughput', 'VisionLLaMA vs peer (> 1: faster)', 1.0)
+              'throughput / baseline throughput',
+              'VisionLLaMA vs peer (> 1: faster; bars: IQR over rounds)', 1.0,
+              spread={'forward': [(r['fwd_q1'], r['fwd_q3']) for r in compared],
+                      'training step': [(r['train_q1'], r['train_q3']) for r in compared]})
     if refs:
         _bars(axes.pop(0), [r['key'] for r in refs],
               {'forward': [r['vs_ref_fwd'] for r in refs],
@@ -400,7 +470,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'default: %(default)s')
     p.add_argument('--batch', type=int, default=4, help='batch for inputs up to 384 px')
     p.add_argument('--batch-hires', type=int, default=1, help='batch for larger inputs')
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds (median)')
+    p.add_argument('--repeats', type=int, default=9, help='timed rounds (median)')
     p.add_argument('--warmup', type=int, default=1, help='untimed calls first')
     p.add_argument('--device', default=None, help='cpu / cuda (default: cuda if present)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')

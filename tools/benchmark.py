@@ -277,7 +277,7 @@ def _paired_ratios(a: List[float], b: List[float]) -> Tuple[float, float, float]
     return _median(pairs), q1, q3
 
 
-#: Speed targets (issue: plain B at least as fast as ViT-B/16, pyramid at least 1.05x
+#: The project's speed targets (plain B at least as fast as ViT-B/16, pyramid at least 1.05x
 #: the SVT of the same size), training step, each model against its baseline.
 TARGETS = {'vllama-b@224': 1.0, 'pvllama-s@224': 1.05, 'pvllama-b@224': 1.05}
 

@@ -130,6 +130,18 @@ def _global_indexes(num_layers: int) -> List[int]:
     return [step * (i + 1) - 1 for i in range(4)]
 
 
+def _plain_task_kwargs(task: str, num_layers: int) -> Dict:
+    """Output settings of a plain backbone (ours or mmpretrain's ViT) for a task:
+    class token for classification, feature maps without class token or final norm
+    for dense tasks (UperNet taps 4 blocks)."""
+    if task == 'cls':
+        return dict(out_type='cls_token')
+    kw = dict(with_cls_token=False, out_type='featmap', final_norm=False)
+    if task == 'seg':
+        kw['out_indices'] = _plain_out_indices(num_layers)
+    return kw
+
+
 def build_model(spec: ModelSpec, models_module=None, **overrides) -> nn.Module:
     """The backbone of ``spec``, as the paper's configs (or mmpretrain's) build it.
 
@@ -143,14 +155,9 @@ def build_model(spec: ModelSpec, models_module=None, **overrides) -> nn.Module:
     if fam == 'vllama':
         cls = models_module.VisionLLaMA
         num_layers = cls.arch_zoo[arch]['num_layers']
-        if task == 'cls':
-            kw = dict(out_type='cls_token')
-        elif task == 'seg':
-            kw = dict(with_cls_token=False, out_type='featmap', final_norm=False,
-                      out_indices=_plain_out_indices(num_layers))
-        else:
-            kw = dict(with_cls_token=False, out_type='featmap', final_norm=False,
-                      window_size=14, global_attn_indexes=_global_indexes(num_layers))
+        kw = _plain_task_kwargs(task, num_layers)
+        if task == 'det':  # ViTDet: 14x14 windows, 4 global blocks
+            kw.update(window_size=14, global_attn_indexes=_global_indexes(num_layers))
         kw.update(overrides)
         return cls(arch, img_size=224, **kw)
     if fam == 'pvllama':
@@ -161,14 +168,8 @@ def build_model(spec: ModelSpec, models_module=None, **overrides) -> nn.Module:
         from mmpretrain.models import VisionTransformer
         vit_arch = {'s': 'deit-s', 'b': 'b', 'l': 'l'}[arch]
         num_layers = 12 if arch != 'l' else 24
-        if task == 'cls':
-            kw = dict(out_type='cls_token')
-        elif task == 'seg':
-            kw = dict(with_cls_token=False, out_type='featmap', final_norm=False,
-                      out_indices=_plain_out_indices(num_layers))
-        else:
-            kw = dict(with_cls_token=False, out_type='featmap', final_norm=False)
-        return VisionTransformer(vit_arch, img_size=spec.size, patch_size=16, **kw)
+        return VisionTransformer(vit_arch, img_size=spec.size, patch_size=16,
+                                 **_plain_task_kwargs(task, num_layers))
     if fam == 'svt':
         from mmpretrain.models import SVT
         out = (3, ) if task == 'cls' else (0, 1, 2, 3)

@@ -633,22 +633,10 @@ def _pyramid_to_official(sd: Mapping[str, Tensor]) -> StateDict:
         elif m:
             s, j, rest = m.groups()
             b = f'blocks.{s}.{j}.'
-            kind = rest.rsplit('.', 1)[1]
-            if rest.startswith(('ln1.', 'ln2.')):
-                out[b + 'norm' + rest[2] + '.' + kind] = v
-            elif rest.startswith('attn.qkv.') and int(j) % 2 == 1:  # GSA with sr = 1
-                d = v.shape[0] // 3
+            if rest.startswith('attn.qkv.') and int(j) % 2 == 1:  # GSA with sr = 1
+                kind, d = rest.rsplit('.', 1)[1], v.shape[0] // 3
                 out[b + 'attn.q.' + kind], out[b + 'attn.kv.' + kind] = v[:d], v[d:]
-            elif rest.startswith('attn.'):
-                out[b + rest] = v
-            elif rest.startswith('ffn.w12.'):
-                gate, up = _split_rows(v, 2)
-                out[b + 'mlp.c_fc1.' + kind], out[b + 'mlp.c_fc2.' + kind] = gate, up
-            elif rest.startswith('ffn.w3.'):
-                out[b + 'mlp.c_proj.' + kind] = v
-            elif rest in ('ls1.weight', 'ls2.weight'):
-                out[b + 'gamma_' + rest[2]] = v
-            else:
+            elif not _block_to_official(b, rest, v, out):
                 raise ConversionError(f'no official pyramid name for {k!r}')
         else:
             raise ConversionError(f'no official pyramid name for {k!r}')
@@ -662,6 +650,26 @@ def _split_rows(t: Tensor, parts: int) -> List[Tensor]:
     if t.shape[0] % parts:
         raise ConversionError(f'cannot split {tuple(t.shape)} into {parts} row blocks')
     return list(t.chunk(parts, dim=0))
+
+
+def _block_to_official(b: str, rest: str, v: Tensor, out: StateDict) -> bool:
+    """One block parameter (our name ``rest``, e.g. ``ffn.w12.weight``) -> its official
+    name(s) under the block prefix ``b``; the DeiT3-style plain and the pyramid blocks
+    share them. Returns False for a name it does not know."""
+    kind = rest.rsplit('.', 1)[1]
+    if rest.startswith(('ln1.', 'ln2.')):
+        out[b + 'norm' + rest[2] + '.' + kind] = v
+    elif rest.startswith('attn.'):
+        out[b + rest] = v
+    elif rest.startswith('ffn.w12.'):  # rows gate | up
+        out[b + 'mlp.c_fc1.' + kind], out[b + 'mlp.c_fc2.' + kind] = _split_rows(v, 2)
+    elif rest.startswith('ffn.w3.'):
+        out[b + 'mlp.c_proj.' + kind] = v
+    elif rest in ('ls1.weight', 'ls2.weight'):
+        out[b + 'gamma_' + rest[2]] = v
+    else:
+        return False
+    return True
 
 
 def _plain_to_official(sd: Mapping[str, Tensor], fmt: str) -> StateDict:
@@ -691,20 +699,7 @@ def _plain_to_official(sd: Mapping[str, Tensor], fmt: str) -> StateDict:
             out['norm.' + k.rsplit('.', 1)[1]] = v
         elif layer_rx.match(k):
             i, rest = layer_rx.match(k).groups()
-            b = f'blocks.{i}.'
-            kind = rest.rsplit('.', 1)[1]
-            if rest.startswith(('ln1.', 'ln2.')):
-                out[b + 'norm' + rest[2] + '.' + kind] = v
-            elif rest.startswith('attn.'):
-                out[b + rest] = v
-            elif rest.startswith('ffn.w12.'):
-                gate, up = _split_rows(v, 2)
-                out[b + 'mlp.c_fc1.' + kind], out[b + 'mlp.c_fc2.' + kind] = gate, up
-            elif rest.startswith('ffn.w3.'):
-                out[b + 'mlp.c_proj.' + kind] = v
-            elif rest in ('ls1.weight', 'ls2.weight'):
-                out[b + 'gamma_' + rest[2]] = v
-            else:
+            if not _block_to_official(f'blocks.{i}.', rest, v, out):
                 raise ConversionError(f'no official name for {k!r}')
         else:
             raise ConversionError(f'no official {fmt} name for {k!r}')

@@ -15,12 +15,26 @@ TINY = dict(embed_dims=[32, 64, 96, 128], depths=[2, 2, 2, 2])
 TINY_LS1 = dict(TINY, layer_scale_init=1.0)
 
 
-def _pair_of_models(arch=TINY_LS1, **kwargs_b):
-    """Two models with the same weights; the second gets ``kwargs_b``."""
+def _set_switches(m, **switches):
+    """Flip single switches of the ``compat`` preset on a built model (ablation of one
+    official detail at a time): ``rope_compat``, ``rope_scale``, ``double_final_norm``,
+    ``window_pad_mask``, ``gsa_pool``."""
+    for name, value in switches.items():
+        setattr(m, name, value)
+        for blk in (b for stage in m.stages for b in stage):
+            if name == 'window_pad_mask':
+                blk.window_pad_mask = value
+            elif name == 'gsa_pool':
+                blk.attn.sr_pad = value == 'pad'
+    return m
+
+
+def _pair_of_models(arch=TINY_LS1, **switches_b):
+    """Two models with the same weights; the second gets ``switches_b``."""
     torch.manual_seed(0)
     a = PyramidVisionLLaMA(arch)
     a.init_weights()
-    b = PyramidVisionLLaMA(arch, **kwargs_b)
+    b = _set_switches(PyramidVisionLLaMA(arch), **switches_b)
     b.load_state_dict(a.state_dict())
     return a.eval(), b.eval()
 
@@ -72,8 +86,9 @@ def test_out_indices_and_avg_featmap_shape():
     m = PyramidVisionLLaMA(TINY, out_indices=(1, -1)).eval()
     outs = m(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 128]
+    # all four stage norms exist (they sit in the main path), whatever out_indices is
     assert sorted(k.split('.')[1] for k in m.state_dict() if k.startswith('norms')) == \
-        ['1', '1', '3', '3']
+        ['0', '0', '1', '1', '2', '2', '3', '3']
     m = PyramidVisionLLaMA(TINY, out_type='avg_featmap').eval()
     outs = m(torch.randn(3, 3, 112, 137))
     assert len(outs) == 1 and outs[0].shape == (3, 128)
@@ -86,7 +101,8 @@ def test_classification_norm_once_or_twice():
     with torch.no_grad():  # a non-trivial affine norm, so applying it twice shows
         once.norm.weight.normal_()
         once.norm.bias.normal_()
-    twice = PyramidVisionLLaMA(TINY_LS1, out_type='avg_featmap', double_final_norm=True).eval()
+    twice = _set_switches(PyramidVisionLLaMA(TINY_LS1, out_type='avg_featmap'),
+                          double_final_norm=True).eval()
     twice.load_state_dict(once.state_dict())
     top_level_norms = [k for k in once.state_dict() if k.split('.')[0] in ('norm', 'norms')]
     assert top_level_norms == ['norm.weight', 'norm.bias']
@@ -107,7 +123,8 @@ def test_classification_norm_once_or_twice():
 # ---------------------------------------------------------------- RoPE geometry
 def test_official_gsa_key_positions_match_design_worked_example():
     """DESIGN §2.7: 224 px, stage 1 (56x56, sr 8, 49 keys)."""
-    m = PyramidVisionLLaMA(TINY, rope_compat='official', rope_scale=1.0)
+    m = PyramidVisionLLaMA(TINY, compat='official', out_type='avg_featmap')
+    assert m.rope_scale == 1.0 and m.double_final_norm
     pos = m.gsa_key_positions(0, (56, 56))
     assert pos.shape == (49, 2)
     expected_x = 0.875 + 8.0 * torch.arange(49, dtype=torch.float64)
@@ -115,7 +132,7 @@ def test_official_gsa_key_positions_match_design_worked_example():
     assert pos[0, 0].item() == 0.875 and pos[-1, 0].item() == 384.875
     assert torch.equal(pos[:, 1], torch.full((49, ), 0.875, dtype=torch.float64))
     # the official seg/det scale 14 / H_stage, on both axes, GSA only
-    dense = PyramidVisionLLaMA(TINY, rope_compat='official', rope_scale='official')
+    dense = PyramidVisionLLaMA(TINY, compat='official')
     assert dense.gsa_scale(0, (56, 56)) == (0.25, 0.25)
     assert dense.gsa_scale(1, (32, 40)) == (14 / 32, 14 / 32)
     torch.testing.assert_close(dense.gsa_key_positions(0, (56, 56)), pos * 0.25)
@@ -140,7 +157,7 @@ def test_correct_gsa_key_positions_are_cell_centres():
 
 
 def test_rope_tables_are_the_documented_geometry():
-    m = PyramidVisionLLaMA(TINY, rope_compat='official', rope_scale='official')
+    m = PyramidVisionLLaMA(TINY, compat='official')
     freqs = rope_frequencies(32)
     lsa, gsa_q, gsa_k = m.rope_tables(0, (56, 56), torch.device('cpu'))
     # LSA: window-local 0..6, never rescaled; GSA queries scaled by 14/56
@@ -286,9 +303,9 @@ def test_with_cp_matches_plain():
 def test_frozen_stages_stay_frozen_after_train():
     m = PyramidVisionLLaMA(TINY, frozen_stages=2)
     m.train()
-    frozen = [m.patch_embeds[0], m.stages[0], m.norms['0'], m.patch_embeds[1], m.stages[1],
-              m.norms['1']]
-    live = [m.patch_embeds[2], m.stages[2], m.norms['2'], m.stages[3], m.norms['3']]
+    frozen = [m.patch_embeds[0], m.stages[0], m.norms[0], m.patch_embeds[1], m.stages[1],
+              m.norms[1]]
+    live = [m.patch_embeds[2], m.stages[2], m.norms[2], m.stages[3], m.norms[3]]
     assert all(not mod.training for mod in frozen) and all(mod.training for mod in live)
     assert all(not p.requires_grad for mod in frozen for p in mod.parameters())
     assert all(p.requires_grad for mod in live for p in mod.parameters())
@@ -354,10 +371,8 @@ def test_dense_mode_drops_classification_norm_when_loading():
     (dict(arch=TINY, frozen_stages=5), 'frozen_stages'),
     (dict(arch=TINY, out_type='raw'), 'out_type'),
     (dict(arch=TINY, rope_type='1d'), 'rope_type'),
-    (dict(arch=TINY, rope_compat='timm'), 'rope_compat'),
-    (dict(arch=TINY, gsa_pool='ceil'), 'gsa_pool'),
-    (dict(arch=TINY, rope_scale='auto'), 'rope_scale'),
-    (dict(arch=TINY, rope_scale=-1.0), 'rope_scale'),
+    (dict(arch=TINY, compat='timm'), 'compat'),
+    (dict(arch=TINY, rope_compat='official'), 'rope_compat'),  # replaced by compat
     (dict(arch=3), 'must be a str or dict'),
 ])
 def test_bad_arguments_named(kwargs, match):

@@ -41,34 +41,28 @@ class PyramidVisionLLaMA(BaseModule):
         img_size: pre-training input size; fixes each stage's AS2DRoPE anchor grid
             (224 -> 56, 28, 14, 7).
         in_channels: input channels.
-        out_type: ``'featmap'``: per-stage LN (``norms.{s}``) then [B, C_s, H_s, W_s]
-            maps at ``out_indices`` (UperNet, FPN); ``'avg_featmap'``: [B, C_4], see
-            ``double_final_norm``.
+        out_type: ``'featmap'`` (dense, the authors' seg/det backbone and mmseg/mmdet's
+            Twins-SVT): every stage ends with its LayerNorm ``norms.{s}``, whose output is
+            both the returned [B, C_s, H_s, W_s] map (at ``out_indices``) and the input of
+            the next stage's patch embedding; all four norms exist whatever
+            ``out_indices`` is. ``'avg_featmap'`` (classification): no inter-stage norm,
+            ``norm(mean(x))`` of the last stage, [B, C_4].
         out_indices: stages returned; default (0, 1, 2, 3) for ``featmap`` and (3,) for
             ``avg_featmap`` (which only supports the last stage).
-        double_final_norm: ``avg_featmap`` only. False (default): ``norm(mean(x))``, GAP
-            then the LN before the classifier. True: ``norm(mean(norm(x)))``, the
-            official classifier, which applies the same ``norm`` twice.
         window_size: LSA window (7).
-        window_pad_mask: LSA windows on grids that are not multiples of the window are
-            zero padded; True (default) masks the padded keys, False lets them take part
-            (the official behaviour).
-        gsa_pool: ``'pad'`` (default) zero pads a stage map to a multiple of sr before
-            the GSA sub-sampling conv (``ceil(H/sr) x ceil(W/sr)`` keys, any input size
-            works); ``'floor'`` lets the conv drop trailing rows/columns like the
-            official code (``floor(H/sr) x floor(W/sr)`` keys; stage grids smaller than
-            sr raise ValueError). Identical when the grid is a multiple of sr.
-        rope_compat: GSA key positions. ``'correct'`` (default): each pooled key at the
-            centre of the sr×sr cell it pools, ``sr*i + (sr-1)/2`` per axis.
-            ``'official'``: the released weights' layout, key m at
-            ``x = o + sr*(m mod W)``, ``y = o + sr*(m div W)``, ``o = 1 - 1/sr``.
-        rope_scale: GSA position scale (queries and keys; LSA is never rescaled).
-            None (default): from ``rope_type``, i.e. AS2DRoPE ``anchor/grid`` per axis
-            with the stage's pre-training grid as anchor (1 at ``img_size``);
-            ``'official'``: ``14 / H_stage`` on both axes (official seg/det code);
-            a number: that scale on both axes (``1.0`` = official classification).
-            Official weights: classification ``rope_compat='official', rope_scale=1.0``;
-            seg/det ``rope_compat='official', rope_scale='official'``.
+        compat: ``'correct'`` (default) or ``'official'``, the geometry preset.
+            ``'correct'``: GSA keys at the centres of the sr×sr cells they pool
+            (``sr*i + (sr-1)/2``), masked zero-padded LSA windows, GSA maps zero padded
+            to a multiple of sr (any input size), GSA positions scaled by ``rope_type``
+            (AS2DRoPE anchored at the stage's pre-training grid), classifier feature
+            ``norm(mean(x))``. ``'official'``: what the authors' code computes, and so
+            what their released weights were trained with: GSA key m at
+            ``x = o + sr*(m mod W)``, ``y = o + sr*(m div W)``, ``o = 1 - 1/sr`` (row
+            length W), unmasked zero-padded LSA windows, a flooring GSA sub-sampling
+            conv, and per output mode: ``avg_featmap`` unscaled GSA positions and the
+            classifier feature ``norm(mean(norm(x)))``; ``featmap`` GSA positions
+            (queries and keys) scaled by ``14 / H_stage`` on both axes (the authors'
+            seg/det ``auto_scale``). LSA positions are window-local 0..6 in both.
         rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'`` or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
@@ -119,9 +113,17 @@ class PyramidVisionLLaMA(BaseModule):
                          layer_scale_init=1e-4, ffn_bias=False)
     OUT_TYPES = ('featmap', 'avg_featmap')
     ROPE_TYPES = ('as2d', '2d', 'ntk', 'none')
-    ROPE_COMPAT = ('correct', 'official')
-    GSA_POOL = ('pad', 'floor')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
+    # compat preset -> out_type -> switches. gsa_scale None: from rope_type (AS2DRoPE);
+    # 'official': 14 / H_stage on both axes; a number: that scale on both axes.
+    _CORRECT = dict(gsa_keys='correct', window_pad_mask=True, gsa_pool='pad',
+                    double_final_norm=False, gsa_scale=None)
+    _OFFICIAL = dict(gsa_keys='official', window_pad_mask=False, gsa_pool='floor')
+    COMPAT = {
+        'correct': dict(featmap=_CORRECT, avg_featmap=_CORRECT),
+        'official': dict(featmap=dict(_OFFICIAL, double_final_norm=False, gsa_scale='official'),
+                         avg_featmap=dict(_OFFICIAL, double_final_norm=True, gsa_scale=1.0)),
+    }
 
     def __init__(self,
                  arch: Union[str, Dict] = 'b',
@@ -129,12 +131,8 @@ class PyramidVisionLLaMA(BaseModule):
                  in_channels: int = 3,
                  out_type: str = 'featmap',
                  out_indices: Optional[Union[int, Sequence[int]]] = None,
-                 double_final_norm: bool = False,
                  window_size: int = 7,
-                 window_pad_mask: bool = True,
-                 gsa_pool: str = 'pad',
-                 rope_compat: str = 'correct',
-                 rope_scale: Optional[Union[str, float]] = None,
+                 compat: str = 'correct',
                  rope_type: str = 'as2d',
                  rope_theta: float = 10000.0,
                  rope_anchor: Optional[Tuple[int, int]] = None,
@@ -158,25 +156,21 @@ class PyramidVisionLLaMA(BaseModule):
         # -- options ---------------------------------------------------------------
         for name, value, allowed in (('out_type', out_type, self.OUT_TYPES),
                                      ('rope_type', rope_type, self.ROPE_TYPES),
-                                     ('rope_compat', rope_compat, self.ROPE_COMPAT),
-                                     ('gsa_pool', gsa_pool, self.GSA_POOL)):
+                                     ('compat', compat, tuple(self.COMPAT))):
             if value not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
-        if rope_scale is not None and rope_scale != 'official':
-            if isinstance(rope_scale, bool) or not isinstance(rope_scale, (int, float)) \
-                    or not rope_scale > 0:
-                raise ValueError("rope_scale must be None, 'official' or a positive number, "
-                                 f'got {rope_scale!r}')
-            rope_scale = float(rope_scale)
         if int(window_size) <= 0:
             raise ValueError(f'window_size must be positive, got {window_size}')
         self.out_type = out_type
-        self.double_final_norm = bool(double_final_norm)
         self.window_size = int(window_size)
-        self.window_pad_mask = bool(window_pad_mask)
-        self.gsa_pool = gsa_pool
-        self.rope_compat = rope_compat
-        self.rope_scale = rope_scale
+        self.compat = compat
+        # the preset's switches, fixed for the model's life (read by blocks and geometry)
+        preset = self.COMPAT[compat][out_type]
+        self.rope_compat: str = preset['gsa_keys']  # 'correct' | 'official'
+        self.window_pad_mask: bool = preset['window_pad_mask']
+        self.gsa_pool: str = preset['gsa_pool']  # 'pad' | 'floor'
+        self.double_final_norm: bool = preset['double_final_norm']
+        self.rope_scale: Optional[Union[str, float]] = preset['gsa_scale']
         self.out_indices = self._resolve_out_indices(out_indices, out_type)
 
         # -- RoPE, one per stage, anchored at the stage's pre-training grid ----------
@@ -211,18 +205,17 @@ class PyramidVisionLLaMA(BaseModule):
                     drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if lsa else 0,
                     window_pad_mask=self.window_pad_mask,
-                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=gsa_pool == 'pad')
+                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=self.gsa_pool == 'pad')
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]
         self.with_cp = with_cp
 
-        # -- output norms --------------------------------------------------------------
+        # -- norms -------------------------------------------------------------------
         if out_type == 'featmap':
-            # ModuleDict keyed '0'..'3': same names as a ModuleList, only returned stages
-            self.norms = nn.ModuleDict({
-                str(s): nn.LayerNorm(self.embed_dims[s], eps=norm_eps)
-                for s in self.out_indices})
+            # one LN per stage, in the main path (stage s output -> norms.s -> stage s+1)
+            self.norms = nn.ModuleList(
+                nn.LayerNorm(d, eps=norm_eps) for d in self.embed_dims)
         else:
             self.norm = nn.LayerNorm(self.embed_dims[-1], eps=norm_eps)
 
@@ -297,7 +290,7 @@ class PyramidVisionLLaMA(BaseModule):
         super().init_weights()
 
     def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
-        """Drop the classification ``norm`` when loading it into a dense backbone."""
+        """Classification weights into a dense backbone: drop ``norm``, explain ``norms``."""
         check_checkpoint_shapes(self, state_dict, prefix)  # ``norm.*`` absent here: skipped
         if hasattr(self, 'norm'):
             return
@@ -306,13 +299,20 @@ class PyramidVisionLLaMA(BaseModule):
             del state_dict[name]
             logger.info(f'{name}: dropped. out_type="featmap" uses per-stage `norms` '
                         'instead of the classification `norm`.')
+        is_backbone = any(k.startswith(prefix + 'stages.') for k in state_dict)
+        absent = [f'norms.{s}' for s in range(NUM_STAGES)
+                  if prefix + f'norms.{s}.weight' not in state_dict]
+        if is_backbone and absent:
+            logger.info(f'{prefix}{{{",".join(absent)}}}: not in the checkpoint (classification '
+                        'weights have no inter-stage norm); they keep weight 1, bias 0, as in '
+                        "the authors' seg/det fine-tuning, and are trained from there.")
 
     # ------------------------------------------------------------------ freezing
     def _freeze_stages(self) -> None:
         for s in range(max(self.frozen_stages, 0)):
             modules = [self.patch_embeds[s], self.stages[s]]
-            if self.out_type == 'featmap' and str(s) in self.norms:
-                modules.append(self.norms[str(s)])
+            if self.out_type == 'featmap':
+                modules.append(self.norms[s])
             if s == NUM_STAGES - 1 and hasattr(self, 'norm'):
                 modules.append(self.norm)
             for m in modules:
@@ -399,9 +399,9 @@ class PyramidVisionLLaMA(BaseModule):
                     x = self._run_block(blk, x, hw, gsa_q, gsa_k)
             C = x.shape[-1]
             if self.out_type == 'featmap':
+                x = self.norms[s](x)  # [B, N_s, C_s]: the output and the next stage's input
                 if s in self.out_indices:
-                    out = self.norms[str(s)](x)
-                    outs.append(out.transpose(1, 2).reshape(B, C, *hw).contiguous())
+                    outs.append(x.transpose(1, 2).reshape(B, C, *hw).contiguous())
             elif s == NUM_STAGES - 1:
                 if self.double_final_norm:
                     x = self.norm(x)

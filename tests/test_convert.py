@@ -485,10 +485,9 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
                                num_heads=[1, 2, 3, 4], sr_ratios=[8, 4, 2, 1],
                                feedforward_channels=[96, 128, 160, 192],
                                layer_scale_init=1e-4, ffn_bias=False)
-    for k, v in dict(rope_compat='official', rope_scale=1.0, window_pad_mask=False,
-                     gsa_pool='floor', double_final_norm=True, out_type='avg_featmap',
-                     norm_eps=1e-5).items():
+    for k, v in dict(compat='official', out_type='avg_featmap', norm_eps=1e-5).items():
         assert cfg[k] == v, k
+    assert 'compat preset: ' + repr('official') in out
     # GSA with sr = 1 becomes plain global attention with fused qkv = cat(q, kv)
     fused = saved['state_dict']['backbone.stages.3.1.attn.qkv.weight']
     assert torch.equal(fused, torch.cat([sd['blocks.3.1.attn.q.weight'],
@@ -503,12 +502,18 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
     ref = ref_pyramid_logits(sd, img)
     torch.testing.assert_close(logits.double(), ref, rtol=1e-5, atol=1e-5)
 
-    # every compatibility switch matters: flipping any one of them changes the logits
-    for k, v in dict(rope_compat='correct', window_pad_mask=True,
-                     double_final_norm=False).items():
-        c = dict(cfg, **{k: v})
+    # every switch of the preset matters: flipping any one of them changes the logits
+    switches = dict(compat=None, rope_compat='correct', window_pad_mask=False,
+                    double_final_norm=False, rope_scale=None)
+    for k, v in switches.items():
+        c = dict(cfg, compat='correct' if k == 'compat' else 'official')
         c.pop('type')
         other = PyramidVisionLLaMA(**c).eval()
+        if k == 'window_pad_mask':  # the official preset's unmasked padding -> masked
+            for blk in (b for stage in other.stages for b in stage):
+                blk.window_pad_mask = True
+        elif k != 'compat':
+            setattr(other, k, v)
         other.load_state_dict(model.state_dict())
         with torch.no_grad():
             lo = other(img)[0].double() @ saved['state_dict']['head.fc.weight'].double().T
@@ -709,7 +714,7 @@ def test_script_runs_standalone(tmp_path):
     res = subprocess.run([sys.executable, TOOL, src, dst], capture_output=True, text=True,
                          cwd=str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "type='PyramidVisionLLaMA'" in res.stdout and 'rope_compat' in res.stdout
+    assert "type='PyramidVisionLLaMA'" in res.stdout and "compat='official'" in res.stdout
     assert osp.isfile(dst)
 
 

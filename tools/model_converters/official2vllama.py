@@ -2,11 +2,13 @@
 
 Usage::
 
-    python tools/model_converters/official2vllama.py SRC DST [--head-dim N] [--unsafe]
+    python tools/model_converters/official2vllama.py SRC DST [--head-dim N] [--rope 2d|as2d]
+        [--unsafe]
 
 SRC is one of the authors' files (VisionLLaMA-Base/Large-MAE ``epoch_*.pth``,
 Pyramid-VisionLLaMA-S/B/L ``best_checkpoint.pth``, or a DeiT3-style plain checkpoint);
-its layout is detected. DST gets ``{'state_dict': ..., 'meta': {'vllama_mm': ...}}``
+its layout is detected. A file that is already in vllama_mm's layout, or holds another
+model's weights (an mmpretrain ViT, a Twins, ...), is named as such and not converted. DST gets ``{'state_dict': ..., 'meta': {'vllama_mm': ...}}``
 with ``backbone.``-prefixed keys (plus ``head.fc.*`` or the MAE ``neck.*``/``head.*``).
 The backbone config that loads it (arch preset or custom dict and the options that
 reproduce the official computation) is printed and stored in ``meta['vllama_mm']``.
@@ -18,8 +20,9 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from vllama_mm.engine.convert import (ConversionError, convert_checkpoint,  # noqa: E402
-                                      format_backbone_cfg, load_official, save_converted)
+from vllama_mm.engine.convert import (ROPE_CHOICES, ConversionError,  # noqa: E402
+                                      convert_checkpoint, format_backbone_cfg, load_official,
+                                      save_converted)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,6 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--head-dim', type=int, default=None,
                         help='channels per attention head (not stored in the weights); '
                              'default 64 for plain models, 32 for the pyramid')
+    parser.add_argument('--rope', choices=ROPE_CHOICES, default=None,
+                        help="DeiT3-style plain weights only: which of the authors' two RoPE "
+                             "variants trained them: '2d' (default; unscaled positions) or "
+                             "'as2d' (their auto_scale: positions x 14/G, AS2DRoPE anchored "
+                             'at 14x14). Stored in the meta')
     parser.add_argument('--unsafe', action='store_true',
                         help='load SRC with torch.load(weights_only=False). Only for files '
                              'from a source you trust: unpickling can run arbitrary code')
@@ -40,7 +48,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         ckpt = load_official(args.src, unsafe=args.unsafe)
-        conv = convert_checkpoint(ckpt, head_dim=args.head_dim)
+        conv = convert_checkpoint(ckpt, head_dim=args.head_dim, rope=args.rope)
         del ckpt
         save_converted(conv, args.dst, source=osp.basename(args.src))
     except (ConversionError, FileNotFoundError) as e:
@@ -49,6 +57,11 @@ def main(argv=None) -> int:
     n_backbone = sum(k.startswith('backbone.') for k in conv.state_dict)
     n_other = len(conv.state_dict) - n_backbone
     print(f'detected layout: {conv.fmt}')
+    if 'compat' in conv.backbone:
+        print(f"compat preset: {conv.backbone['compat']!r} (the authors' geometry, which "
+              'these weights were trained with)')
+    for name, value in conv.options.items():
+        print(f'{name}: {value}')
     print(f'wrote {args.dst}: {n_backbone} backbone tensors, {n_other} neck/head tensors')
     for note in conv.notes:
         print(f'note: {note}')

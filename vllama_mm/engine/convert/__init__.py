@@ -1,0 +1,68 @@
+"""Convert the released VisionLLaMA checkpoints into vllama_mm's layout, and back.
+
+Layouts (each one key table driving both directions, see :mod:`.keymap`):
+
+* ``'mae'`` (:mod:`.plain`): the MAE pre-training weights (VisionLLaMA-Base-MAE 800/1600
+  ep, Large-MAE 800 ep), ``{'state_dict': {'backbone.*', 'neck.*', 'head.*'}}``. Names
+  already match :class:`VisionLLaMA`; the dead ``pos_embed`` is dropped, the stock MAE
+  decoder/head pass through.
+* ``'pyramid'`` (:mod:`.pyramid`): Pyramid-VisionLLaMA-S/B/L ImageNet weights,
+  ``{'model': {'patch_embeds.*', 'blocks.*', 'norm.*', 'head.*'}}``.
+* ``'deit3'`` (:mod:`.plain`): the DeiT3-style plain layout (``patch_embed.proj``,
+  ``blocks.i``, ``norm``, ``head``); ``rope='2d'`` or ``'as2d'`` picks which of the
+  authors' two RoPE variants the weights were trained with.
+
+Modules: :mod:`.files` (safe loading, saving, printing), :mod:`.keymap` (the table
+engine), :mod:`.plain` / :mod:`.pyramid` (tables and the model each implies),
+:mod:`.detect` (which layout; what a non-convertible file is), :mod:`.check` (the exact
+key/shape check against the target model built on the ``meta`` device).
+
+The result is ``{'state_dict': {...}, 'meta': {'vllama_mm': {...}}}`` with
+``backbone.``-prefixed keys plus ``head.fc.*`` or ``neck.*``/``head.*``; the meta holds a
+ready-to-use backbone config. No task library is imported here.
+"""
+from typing import Any, Mapping, Optional
+
+from torch import Tensor
+
+from .check import build_backbone, check_against_model
+from .common import ConversionError, Converted, StateDict
+from .detect import (LAYOUTS, RECOGNISERS, detect_format, layout, recognise,
+                     register_layout, register_recogniser)
+from .files import format_backbone_cfg, load_official, save_converted
+from .plain import ROPE_CHOICES
+
+__all__ = [
+    'ConversionError', 'Converted', 'LAYOUTS', 'RECOGNISERS', 'ROPE_CHOICES',
+    'build_backbone', 'check_against_model', 'convert_checkpoint', 'detect_format',
+    'format_backbone_cfg', 'layout', 'load_official', 'recognise', 'register_layout',
+    'register_recogniser', 'save_converted', 'to_official'
+]
+
+
+def convert_checkpoint(ckpt: Any, head_dim: Optional[int] = None, check: bool = True,
+                       **options: Any) -> Converted:
+    """Detect the layout of a loaded official checkpoint and convert it.
+
+    Args:
+        ckpt: what :func:`load_official` returned.
+        head_dim: per-head channels (not stored in the weights); default per layout
+            (64 plain, 32 pyramid).
+        check: verify the result against the target model built on the meta device.
+        options: layout options, e.g. ``rope='2d'|'as2d'`` for ``deit3``; ``None``
+            values mean "not given".
+    """
+    fmt, sd = detect_format(ckpt)
+    given = {k: v for k, v in options.items() if v is not None}
+    conv = layout(fmt).convert(sd, head_dim=head_dim or 0, **given)
+    if check:
+        check_against_model(conv)
+    return conv
+
+
+def to_official(sd: Mapping[str, Tensor], fmt: str) -> StateDict:
+    """Inverse of the conversion: a vllama_mm state dict (``backbone.*`` plus
+    ``head.fc.*`` or ``neck.*``/``head.*``) in the official ``fmt`` layout, i.e. the
+    content of the official ``state_dict`` (mae) or ``model`` (deit3, pyramid). The unused
+    ``pos_embed`` is not recreated."""
+    return layout(fmt).to_official(sd)

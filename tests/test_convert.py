@@ -11,6 +11,7 @@ comes from vllama_mm (no RoPE2D, RoPEAttention or VisionLLaMABlock).
 import importlib.util
 import logging
 import math
+import re
 import os.path as osp
 import subprocess
 import sys
@@ -238,8 +239,9 @@ def ref_mae_featmap(sd, img, heads, eps=1e-6):
     return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
 
-def ref_deit3_logits(sd, img, heads, eps=1e-6):
-    """Official DeiT3-style plain model: class token rotated at t = -1 (x = G-1, y = -1)."""
+def ref_deit3_logits(sd, img, heads, eps=1e-6, auto_scale=False):
+    """Official DeiT3-style plain model: class token rotated at t = -1 (x = G-1, y = -1);
+    ``auto_scale``: every position times ``14 / G`` (the authors' ``*_as_*`` variant)."""
     sd = {k: v.double() for k, v in sd.items()}
     x, gh, gw = ref_patches(img.double(), sd['patch_embed.proj.weight'],
                             sd['patch_embed.proj.bias'])
@@ -247,6 +249,8 @@ def ref_deit3_logits(sd, img, heads, eps=1e-6):
     g = int(math.isqrt(gh * gw))  # official: row length int(sqrt(N))
     t = range(-1, gh * gw)
     px, py = [i % g for i in t], [i // g for i in t]  # Python floor: -1 -> (g-1, -1)
+    if auto_scale:
+        px, py = [14 / g * p for p in px], [14 / g * p for p in py]
     i = 0
     while f'blocks.{i}.norm1.weight' in sd:
         p = f'blocks.{i}.'
@@ -282,9 +286,10 @@ def ref_lsa(x, sd, pre, heads, H, W, ws=7):
     return lin(out[:, :H, :W].reshape(B, N, C), sd, pre + 'proj')
 
 
-def ref_gsa(x, sd, pre, heads, H, W, sr, eps=1e-5):
+def ref_gsa(x, sd, pre, heads, H, W, sr, eps=1e-5, scale=1.0):
     """Official GSA: keys/values from Conv(k=s=sr)+LN; query t at (t mod W, t div W);
-    key m at (o + sr*(m mod W), o + sr*(m div W)), o = 1 - 1/sr (row length W)."""
+    key m at (o + sr*(m mod W), o + sr*(m div W)), o = 1 - 1/sr (row length W); all
+    positions times ``scale`` (the seg/det code's ``14 / H``)."""
     B, N, C = x.shape
     q = split_heads(lin(x, sd, pre + 'q'), heads)
     if sr > 1:
@@ -301,6 +306,7 @@ def ref_gsa(x, sd, pre, heads, H, W, sr, eps=1e-5):
     o = 1.0 - 1.0 / sr
     qx, qy = [t % W for t in range(N)], [t // W for t in range(N)]
     kx, ky = [o + sr * (m % W) for m in range(M)], [o + sr * (m // W) for m in range(M)]
+    qx, qy, kx, ky = ([scale * p for p in ps] for ps in (qx, qy, kx, ky))
     out = ref_attention(ref_rope(q, qx, qy), ref_rope(k, kx, ky), v)
     return lin(merge_heads(out), sd, pre + 'proj')
 
@@ -332,6 +338,38 @@ def ref_pyramid_logits(sd, img, srs=(8, 4, 2, 1), eps=1e-5, head_dim=32):
     tok = ref_ln(tok, sd['norm.weight'], sd['norm.bias'], eps)
     feat = ref_ln(tok.mean(dim=1), sd['norm.weight'], sd['norm.bias'], eps)
     return lin(feat, sd, 'head')
+
+
+def ref_pyramid_dense(sd, norms, img, srs=(8, 4, 2, 1), eps=1e-5, head_dim=32):
+    """The authors' seg/det pyramid backbone (``auto_scale=True``, ``norm_after_stage``):
+    after each stage ``x = norm_list[s](x)``; that map is both the stage's output and the
+    next patch embedding's input. GSA positions (queries and keys) times ``14 / H_s``;
+    LSA window-local and unscaled. ``norms``: [(weight, bias)] per stage."""
+    sd = {k: v.double() for k, v in sd.items()}
+    x, outs = img.double(), []
+    for s in range(4):
+        tok, H, W = ref_patches(x, sd[f'patch_embeds.{s}.proj.weight'],
+                                sd[f'patch_embeds.{s}.proj.bias'])
+        tok = ref_ln(tok, sd[f'patch_embeds.{s}.norm.weight'],
+                     sd[f'patch_embeds.{s}.norm.bias'], eps)
+        C = tok.shape[-1]
+        heads = C // head_dim
+        j = 0
+        while f'blocks.{s}.{j}.norm1.weight' in sd:
+            p = f'blocks.{s}.{j}.'
+            h = ref_ln(tok, sd[p + 'norm1.weight'], sd[p + 'norm1.bias'], eps)
+            if j % 2 == 0:
+                a = ref_lsa(h, sd, p + 'attn.', heads, H, W)
+            else:
+                a = ref_gsa(h, sd, p + 'attn.', heads, H, W, srs[s], eps, scale=14 / H)
+            tok = tok + sd[p + 'gamma_1'] * a
+            tok = tok + sd[p + 'gamma_2'] * ref_swiglu_split(
+                ref_ln(tok, sd[p + 'norm2.weight'], sd[p + 'norm2.bias'], eps), sd, p + 'mlp.')
+            j += 1
+        tok = ref_ln(tok, norms[s][0].double(), norms[s][1].double(), eps)
+        x = tok.transpose(1, 2).reshape(tok.shape[0], C, H, W)
+        outs.append(x)
+    return outs
 
 
 # ==================================================================================
@@ -519,6 +557,124 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
             lo = other(img)[0].double() @ saved['state_dict']['head.fc.weight'].double().T
         diff = (lo + saved['state_dict']['head.fc.bias'].double() - ref).abs().max()
         assert diff > 1e-4, (k, diff)
+
+
+@pytest.mark.parametrize('hw', [(320, 320), (256, 384)])
+def test_pyramid_dense_mode_matches_official_seg_det_backbone(tmp_path, capsys, hw):
+    """Converted ImageNet weights in ``out_type='featmap'`` with the official preset equal
+    the authors' seg/det backbone (inter-stage LNs in the main path, GSA x 14/H_s) within
+    1e-5 relative in fp32; 320 and 256x384 need padded LSA windows in every stage."""
+    sd = official_pyramid_sd(Maker(13))
+    dst = _convert_file(tmp_path, dict(model=sd))
+    capsys.readouterr()
+    cfg = dict(torch.load(dst, map_location='cpu', weights_only=True)['meta']['vllama_mm']
+               ['backbone'], out_type='featmap', out_indices=(0, 1, 2, 3))
+    model, messages = _load_pretrained(PyramidVisionLLaMA, cfg, dst)
+    # exactly the four stage norms are new, at weight 1 / bias 0, and the log says why
+    missing = [m for m in messages if 'missing keys' in m]
+    assert len(missing) == 1
+    named = set(re.findall(r'norms\.\d\.\w+', missing[0]))
+    assert named == {f'norms.{s}.{p}' for s in range(4) for p in ('weight', 'bias')}
+    assert 'unexpected key' not in ' '.join(messages)
+    assert any('inter-stage norm' in m and 'weight 1, bias 0' in m for m in messages)
+    for s in range(4):
+        assert torch.equal(model.norms[s].weight, torch.ones_like(model.norms[s].weight))
+        assert torch.equal(model.norms[s].bias, torch.zeros_like(model.norms[s].bias))
+    g = torch.Generator().manual_seed(14)  # fine-tuned norms, so that they matter below
+    with torch.no_grad():
+        for n in model.norms:
+            n.weight.copy_(1 + 0.3 * torch.randn(n.weight.shape, generator=g))
+            n.bias.copy_(0.3 * torch.randn(n.bias.shape, generator=g))
+    norms = [(n.weight.detach(), n.bias.detach()) for n in model.norms]
+    img = torch.randn(1, 3, *hw, generator=g)
+    with torch.no_grad():
+        ours = model(img)
+    ref = ref_pyramid_dense(sd, norms, img)
+    for s, (a, b) in enumerate(zip(ours, ref)):
+        assert a.shape == b.shape, s
+        rel = ((a.double() - b).norm() / b.norm()).item()
+        assert rel < 1e-5, (s, rel)
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    # sensitivity: the correct geometry, or norms only on the returned maps, differ
+    other = PyramidVisionLLaMA(**dict({k: v for k, v in cfg.items() if k != 'type'},
+                                      compat='correct')).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert (other(img)[2].double() - ref[2]).abs().max() > 1e-3
+        x, side = img, []
+        for st in range(4):  # the previous dense mode: LN on the side output only
+            x, shape = model.patch_embeds[st](x)
+            lsa, gq, gk = model.rope_tables(st, shape, x.device)
+            for j, blk in enumerate(model.stages[st]):
+                x = blk(x, shape, lsa, None) if j % 2 == 0 else blk(x, shape, gq, gk)
+            side.append(model.norms[st](x))
+            x = x.transpose(1, 2).reshape(1, -1, *shape)
+    assert (side[3].transpose(1, 2).reshape(ref[3].shape).double() - ref[3]).abs().max() > 1e-3
+
+
+def test_deit3_rope_choice_as2d_matches_auto_scale_variant(tmp_path, capsys):
+    heads = 2
+    sd = official_plain_sd(Maker(15), 'deit3')
+    dst = _convert_file(tmp_path, dict(model=sd),
+                        extra_args=['--head-dim', '32', '--rope', 'as2d'])
+    out = capsys.readouterr().out
+    assert 'rope: as2d' in out and 'auto_scale' in out
+    meta = torch.load(dst, map_location='cpu', weights_only=True)['meta']['vllama_mm']
+    assert meta['options'] == dict(rope='as2d')
+    cfg = meta['backbone']
+    assert cfg['rope_type'] == 'as2d' and cfg['img_size'] == 224
+    model, _ = _load_pretrained(VisionLLaMA, cfg, dst)
+    saved = torch.load(dst, map_location='cpu', weights_only=True)['state_dict']
+    img = torch.randn(2, 3, 64, 64)  # 4x4 grid: positions x 14/4
+    with torch.no_grad():
+        logits = model(img)[0] @ saved['head.fc.weight'].T + saved['head.fc.bias']
+    ref = ref_deit3_logits(sd, img, heads, auto_scale=True)
+    torch.testing.assert_close(logits.double(), ref, rtol=1e-5, atol=1e-5)
+    assert (ref - ref_deit3_logits(sd, img, heads)).abs().max() > 1e-3  # the choice matters
+    # the default is the unscaled variant, and the choice is refused where it means nothing
+    assert C.convert_checkpoint(dict(model=sd), head_dim=32).options == dict(rope='2d')
+    with pytest.raises(C.ConversionError, match='pyramid checkpoints take no --rope'):
+        C.convert_checkpoint(dict(model=official_pyramid_sd(Maker(meta=True))), rope='2d')
+
+
+def _meta_sd(names_shapes):
+    return {k: torch.empty(*s, device='meta') for k, s in names_shapes}
+
+
+def test_checkpoints_that_are_not_to_convert_are_named():
+    """Tried as a new user would: one of our own training runs, or another model's
+    mmengine checkpoint, must be named, not fail with an unrelated key error."""
+    with torch.device('meta'):
+        plain = VisionLLaMA(dict(embed_dims=64, num_layers=2, num_heads=1,
+                                 layer_scale_init=1e-4))
+        pyr = PyramidVisionLLaMA(dict(embed_dims=[32, 64, 96, 128], depths=[2, 2, 2, 2]))
+    run = {'backbone.' + k: v for k, v in plain.state_dict().items()}
+    run.update(_meta_sd([('head.fc.weight', (10, 64)), ('head.fc.bias', (10, ))]))
+    with pytest.raises(C.ConversionError, match="vllama_mm VisionLLaMA checkpoint.*already in "
+                                                "this plugin's layout"):
+        C.convert_checkpoint(dict(meta=dict(epoch=3), state_dict=run, optimizer={}))
+    run = {'backbone.' + k: v for k, v in pyr.state_dict().items()}
+    with pytest.raises(C.ConversionError, match='vllama_mm PyramidVisionLLaMA checkpoint'):
+        C.convert_checkpoint(dict(state_dict=run))
+    # mmpretrain's ViT-B (vit-base-p16 / MAE-ViT fine-tuned) key names
+    vit = [('backbone.cls_token', (1, 1, 768)), ('backbone.pos_embed', (1, 197, 768)),
+           ('backbone.patch_embed.projection.weight', (768, 3, 16, 16))]
+    for i in range(12):
+        p = f'backbone.layers.{i}.'
+        vit += [(p + 'ln1.weight', (768, )), (p + 'attn.qkv.weight', (2304, 768)),
+                (p + 'ffn.layers.0.0.weight', (3072, 768)), (p + 'ffn.layers.1.weight',
+                                                             (768, 3072))]
+    vit += [('backbone.ln1.weight', (768, )), ('head.layers.head.weight', (1000, 768))]
+    with pytest.raises(C.ConversionError, match='mmpretrain VisionTransformer'):
+        C.convert_checkpoint(dict(state_dict=_meta_sd(vit), meta=dict(epoch=100)))
+    twins = _meta_sd([('patch_embeds.0.proj.weight', (64, 3, 4, 4)),
+                      ('pos_block.0.proj.0.weight', (64, 1, 3, 3)),
+                      ('blocks.0.0.mlp.fc1.weight', (256, 64))])
+    with pytest.raises(C.ConversionError, match='Twins'):
+        C.convert_checkpoint(dict(model=twins))
+    # a vllama_mm MAE pre-training run is the released MAE layout: it converts
+    mae = official_plain_sd(Maker(meta=True), 'mae')
+    assert C.convert_checkpoint(dict(state_dict=mae)).fmt == 'mae'
 
 
 # ==================================================================================

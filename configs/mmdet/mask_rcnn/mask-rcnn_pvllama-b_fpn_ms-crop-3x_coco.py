@@ -1,6 +1,6 @@
 # Mask R-CNN FPN with Pyramid VisionLLaMA-B, 3x multi-scale + crop (the paper's COCO
 # pyramid result: Twins-SVT-B 48.0 box / 43.0 mask AP, VisionLLaMA-B +1.1 / +0.8).
-#   bash tools/dist_train.sh configs/mmdet/mask_rcnn/mask-rcnn_pvllama-b_fpn_ms-crop-3x_coco.py 8 --amp
+#   bash tools/dist_train.sh configs/mmdet/mask_rcnn/mask-rcnn_pvllama-b_fpn_ms-crop-3x_coco.py 8
 _base_ = './mask-rcnn_pvllama-s_fpn_ms-crop-3x_coco.py'
 
 pretrained = 'pretrain/pvllama-b_in1k.pth'

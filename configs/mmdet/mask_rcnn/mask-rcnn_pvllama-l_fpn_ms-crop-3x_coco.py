@@ -1,5 +1,5 @@
 # Mask R-CNN FPN with Pyramid VisionLLaMA-L, 3x multi-scale + crop.
-#   bash tools/dist_train.sh configs/mmdet/mask_rcnn/mask-rcnn_pvllama-l_fpn_ms-crop-3x_coco.py 8 --amp
+#   bash tools/dist_train.sh configs/mmdet/mask_rcnn/mask-rcnn_pvllama-l_fpn_ms-crop-3x_coco.py 8
 _base_ = './mask-rcnn_pvllama-s_fpn_ms-crop-3x_coco.py'
 
 pretrained = 'pretrain/pvllama-l_in1k.pth'

@@ -1,5 +1,6 @@
 # ViTDet Mask R-CNN with MAE-pretrained plain VisionLLaMA-B, LSJ 1024, 100 epochs: the
-# schedule of mmdet's / detectron2's ViTDet-B baseline (ViT-B: 51.6 box / 45.7 mask AP).
+# schedule of mmdet's / detectron2's ViTDet-B baseline (ViT-B: 51.6 box / 45.7 mask AP),
+# 64 images per iteration (8 GPUs x 8, no accumulation); the model and RoPE of the 36e run.
 #   bash tools/dist_train.sh configs/mmdet/vitdet/vitdet_mask-rcnn_vllama-b-mae_lsj-1024-100e_coco.py 8
 _base_ = './vitdet_mask-rcnn_vllama-b-mae_lsj-1024-36e_coco.py'
 
@@ -18,3 +19,6 @@ param_scheduler = [
         gamma=0.1)
 ]
 train_cfg = dict(max_iters=max_iters, dynamic_intervals=dynamic_intervals)
+train_dataloader = dict(batch_size=8)
+optim_wrapper = dict(accumulative_counts=1)
+auto_scale_lr = dict(base_batch_size=64)

@@ -1,4 +1,5 @@
-# UperNet + Pyramid VisionLLaMA-B on ADE20K: the S recipe with the B backbone.
+# UperNet + Pyramid VisionLLaMA-B on ADE20K: the S recipe with the B backbone
+# (the authors' twins_svt_lama_as-b config).
 #   python tools/model_converters/official2vllama.py \
 #       <Pyramid-VisionLLaMA-B.pth> pretrain/pvllama-b_in1k.pth
 _base_ = ['./upernet_pvllama-s_8xb2-160k_ade20k-512x512.py']

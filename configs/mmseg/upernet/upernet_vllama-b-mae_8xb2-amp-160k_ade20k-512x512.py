@@ -1,7 +1,10 @@
-# UperNet + MAE-pre-trained plain VisionLLaMA-B on ADE20K (paper §ADE20K, MAE setting; recipe of
-# mmseg's MAE UperNet config): blocks 3, 5, 7, 11 -> Feature2Pyramid (x4, x2, x1, x0.5) ->
-# UperNet, 160k iters, 16 images per iteration (8 GPUs x 2), 512x512 crops, AdamW lr 1e-4,
-# wd 0.05, layer-wise lr decay 0.65, mixed precision, sliding-window inference.
+# UperNet + MAE-pre-trained plain VisionLLaMA-B on ADE20K: the authors' run
+# (lama-base_upernet_8xb2-1600-amp-160k_ade20k-512x512.py in their mmseg fork, trained with
+# --amp): blocks 3, 5, 7, 11 -> Feature2Pyramid (x4, x2, x1, x0.5) -> UperNet, 160k iters,
+# 16 images per iteration (8 GPUs x 2), 512x512 crops, AdamW lr 1e-4, wd 0.05, layer-wise
+# lr decay 0.65, mixed precision, sliding-window inference. RoPE as the authors ran it:
+# plain 2D RoPE over the 32x32 fine-tuning grid. The variant anchored at the 14x14
+# pre-training grid is upernet_vllama-b-mae-as2drope_*. Differences: docs/fidelity.md.
 #
 # Pre-trained weights: convert the released VisionLLaMA-Base-MAE (1600 ep) checkpoint first,
 #   python tools/model_converters/official2vllama.py \
@@ -22,10 +25,11 @@ model = dict(
         _delete_=True,
         type='VisionLLaMA',
         arch='mae-b',  # the released MAE layout: d 768, 12 layers, biased fused SwiGLU 8192
-        # AS2DRoPE anchor = the pre-training grid 224 / 16 = 14x14; the 512 crops (32x32
-        # tokens) are mapped into that span instead of extrapolating positions.
-        img_size=224,
+        # the authors build the backbone at img_size=512: unscaled 2D RoPE, positions
+        # 0..31 on the 32x32 grid of the 512 crops (the pre-training grid was 14x14)
+        img_size=512,
         patch_size=16,
+        rope_type='2d',
         # The released MAE encoder never ran its class token through the blocks (it is
         # appended after the last one): no class token here; its checkpoint entry is dropped.
         with_cls_token=False,

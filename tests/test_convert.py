@@ -220,8 +220,12 @@ def ref_patches(img, w, b):
     return x.flatten(2).transpose(1, 2), h, wd  # row-major tokens
 
 
-def ref_mae_featmap(sd, img, heads, eps=1e-6):
-    """Official MAE backbone fine-tuning path (no class token): ln1 output as [B, C, h, w]."""
+def ref_mae_featmap(sd, img, heads, eps=1e-6, window=0, global_blocks=(), final_norm=True):
+    """Official MAE backbone fine-tuning path (no class token): ln1 output as [B, C, h, w].
+
+    Plain 2D RoPE over the input grid (the authors build their seg/det backbones at the
+    fine-tuning size). ``window > 0``: the authors' ViTDet backbone, window attention
+    (zero-padded, unmasked, window-local RoPE) in every block but ``global_blocks``."""
     sd = {k: v.double() for k, v in sd.items()}
     x, gh, gw = ref_patches(img.double(), sd['backbone.patch_embed.projection.weight'],
                             sd['backbone.patch_embed.projection.bias'])
@@ -230,12 +234,16 @@ def ref_mae_featmap(sd, img, heads, eps=1e-6):
     i = 0
     while f'backbone.layers.{i}.ln1.weight' in sd:
         p = f'backbone.layers.{i}.'
-        x = x + ref_mha(ref_ln(x, sd[p + 'ln1.weight'], sd[p + 'ln1.bias'], eps), sd,
-                        p + 'attn.', heads, px, py)
+        h = ref_ln(x, sd[p + 'ln1.weight'], sd[p + 'ln1.bias'], eps)
+        if window and i not in global_blocks:
+            x = x + ref_lsa(h, sd, p + 'attn.', heads, gh, gw, ws=window)
+        else:
+            x = x + ref_mha(h, sd, p + 'attn.', heads, px, py)
         x = x + ref_swiglu_fused(ref_ln(x, sd[p + 'ln2.weight'], sd[p + 'ln2.bias'], eps),
                                  sd, p + 'ffn.')
         i += 1
-    x = ref_ln(x, sd['backbone.ln1.weight'], sd['backbone.ln1.bias'], eps)
+    if final_norm:
+        x = ref_ln(x, sd['backbone.ln1.weight'], sd['backbone.ln1.bias'], eps)
     return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
 
@@ -557,6 +565,34 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
             lo = other(img)[0].double() @ saved['state_dict']['head.fc.weight'].double().T
         diff = (lo + saved['state_dict']['head.fc.bias'].double() - ref).abs().max()
         assert diff > 1e-4, (k, diff)
+
+
+@pytest.mark.parametrize('row', ['upernet', 'vitdet'])
+def test_mae_weights_in_the_authors_dense_backbones(row):
+    """The MAE UperNet / ViTDet paper-row backbones (``rope_type='2d'`` at the fine-tuning
+    size; ViTDet windows zero-padded and unmasked) equal the authors' computation."""
+    sd = official_plain_sd(Maker(16), 'mae', depth=3)  # d 64, 1 head of 64, 4x4 pre-training
+    conv = C.convert_checkpoint(dict(state_dict=sd))
+    cfg = dict(conv.backbone, img_size=96, rope_type='2d', with_cls_token=False,
+               out_type='featmap', final_norm=False, out_indices=-1)
+    window = dict(window=4, global_blocks=(1, )) if row == 'vitdet' else {}
+    if window:
+        cfg.update(window_size=4, global_attn_indexes=(1, ), window_pad_mask=False)
+    cfg.pop('type')
+    weights = {k[len('backbone.'):]: v for k, v in conv.state_dict.items()
+               if k.startswith('backbone.')}
+    model = VisionLLaMA(**cfg).eval()
+    model.load_state_dict(weights)  # the class token and final norm are dropped by the hook
+    img = torch.randn(1, 3, 96, 96)  # a 6x6 grid: windows of 4 are padded to 8
+    with torch.no_grad():
+        ours = model(img)[0]
+    ref = ref_mae_featmap(sd, img, heads=1, final_norm=False, **window)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-5)
+    # sensitivity: AS2DRoPE anchored at the 4x4 pre-training grid is another network
+    as2d = VisionLLaMA(**dict(cfg, img_size=64, rope_type='as2d')).eval()
+    as2d.load_state_dict(weights)
+    with torch.no_grad():
+        assert (as2d(img)[0].double() - ref).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize('hw', [(320, 320), (256, 384)])

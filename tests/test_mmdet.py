@@ -24,6 +24,8 @@ PYRAMID_CFGS = [osp.join(CFG, 'mask_rcnn', f'mask-rcnn_pvllama-{a}_fpn_ms-crop-3
                 for a in 'sbl']
 VITDET_36E = osp.join(CFG, 'vitdet', 'vitdet_mask-rcnn_vllama-b-mae_lsj-1024-36e_coco.py')
 VITDET_100E = osp.join(CFG, 'vitdet', 'vitdet_mask-rcnn_vllama-b-mae_lsj-1024-100e_coco.py')
+VITDET_AS2D = osp.join(CFG, 'vitdet',
+                       'vitdet_mask-rcnn_vllama-b-mae-as2drope_lsj-1024-36e_coco.py')
 
 TINY_PLAIN = dict(embed_dims=64, num_layers=4, num_heads=2, feedforward_channels=128,
                   ffn_bias=True)
@@ -220,6 +222,8 @@ def test_paper_configs_resolve_and_match_the_recipes():
         assert cfg.default_scope == 'mmdet' and cfg.custom_imports.imports == ['vllama_mm.mmdet']
         assert cfg.model.backbone.type == 'PyramidVisionLLaMA' and cfg.model.backbone.arch == arch
         assert cfg.model.backbone.init_cfg.prefix == 'backbone.'
+        assert cfg.model.backbone.compat == 'official'  # the released weights' geometry
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'  # the authors' --amp
         assert cfg.model.neck.in_channels == dims
         assert cfg.train_cfg.max_epochs == 36
         assert cfg.param_scheduler[1].milestones == [27, 33]
@@ -229,11 +233,13 @@ def test_paper_configs_resolve_and_match_the_recipes():
         assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16
         kinds = [t.type for t in cfg.train_pipeline]
         assert 'RandomChoice' in kinds  # multi-scale + crop
-    for path, iters in ((VITDET_36E, 66375), (VITDET_100E, 184375)):
+    for path, iters in ((VITDET_36E, 137250), (VITDET_100E, 184375)):
         cfg = Config.fromfile(path)
         bb = cfg.model.backbone
         assert (bb.type, bb.arch, bb.img_size, bb.window_size, tuple(bb.global_attn_indexes)) \
-            == ('VisionLLaMA', 'mae-b', 224, 14, (2, 5, 8, 11))
+            == ('VisionLLaMA', 'mae-b', 1024, 14, (2, 5, 8, 11))
+        # the authors' RoPE: plain 2D over the 64x64 grid, unmasked zero-padded windows
+        assert bb.rope_type == '2d' and bb.window_pad_mask is False
         assert not bb.with_cls_token and not bb.final_norm and bb.drop_path_rate == 0.1
         assert cfg.model.neck.type == 'SimpleFPN' and cfg.model.rpn_head.num_convs == 2
         assert cfg.model.roi_head.bbox_head.type == 'Shared4Conv1FCBBoxHead'
@@ -242,16 +248,25 @@ def test_paper_configs_resolve_and_match_the_recipes():
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
         assert cfg.optim_wrapper.constructor == 'LayerDecayOptimWrapperConstructor'
         assert cfg.optim_wrapper.paramwise_cfg == dict(layer_decay_rate=0.7, flat_decay_mult=0.0)
+        accumulate = cfg.optim_wrapper.get('accumulative_counts', 1)
+        images = 8 * cfg.train_dataloader.batch_size  # per iteration on 8 GPUs
+        assert images * accumulate == 64  # per optimizer step
         opt = cfg.optim_wrapper.optimizer
         assert (opt.lr, opt.weight_decay, tuple(opt.betas)) == (1e-4, 0.1, (0.9, 0.999))
         assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == iters
         assert cfg.val_cfg.type == 'ValLoop' and cfg.test_cfg.type == 'TestLoop'
-        # iterations x 64 images = epochs x 118k images
-        assert iters * 64 / 118000 == pytest.approx(36 if iters == 66375 else 100, abs=0.01)
+        # iterations x images = epochs x 118k images (the authors' 36e schedule: 37.2)
+        assert iters * images / 118000 == pytest.approx(37.22 if path == VITDET_36E else 100,
+                                                        abs=0.01)
         assert all(m < iters for m in cfg.param_scheduler[1].milestones)
         assert cfg.param_scheduler[1].end == iters
         rr = [t for t in cfg.train_pipeline if t.type == 'RandomResize'][0]
         assert tuple(rr.ratio_range) == (0.1, 2.0) and tuple(rr.scale) == (1024, 1024)
+    variant, row = Config.fromfile(VITDET_AS2D), Config.fromfile(VITDET_36E)
+    bb = variant.model.backbone
+    assert bb.img_size == 224 and bb.rope_type == 'as2d'  # anchored at the 14x14 grid
+    bb.update(img_size=1024, rope_type='2d')
+    assert variant.to_dict() == row.to_dict()  # nothing else differs
 
 
 def test_paper_configs_build_consistent_models():

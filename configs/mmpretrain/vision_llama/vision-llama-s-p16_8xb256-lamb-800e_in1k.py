@@ -28,6 +28,9 @@ model = dict(
         img_size=224,  # AS2DRoPE anchor: the 14x14 training grid
         patch_size=16,
         with_cls_token=True,
+        # the authors' plain models rotate the class token too, at t = -1 of the flattened
+        # grid (x = G-1, y = -1); 'none' would leave it unrotated
+        cls_token_rope='official',
         out_type='cls_token',
         drop_path_rate=0.05),
     neck=None,

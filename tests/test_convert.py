@@ -319,40 +319,14 @@ def ref_gsa(x, sd, pre, heads, H, W, sr, eps=1e-5, scale=1.0):
     return lin(merge_heads(out), sd, pre + 'proj')
 
 
-def ref_pyramid_logits(sd, img, srs=(8, 4, 2, 1), eps=1e-5, head_dim=32):
-    """Official Pyramid-VisionLLaMA classifier: head(norm(mean(norm(x))))."""
-    sd = {k: v.double() for k, v in sd.items()}
-    x = img.double()
-    for s in range(4):
-        tok, H, W = ref_patches(x, sd[f'patch_embeds.{s}.proj.weight'],
-                                sd[f'patch_embeds.{s}.proj.bias'])
-        tok = ref_ln(tok, sd[f'patch_embeds.{s}.norm.weight'],
-                     sd[f'patch_embeds.{s}.norm.bias'], eps)
-        C = tok.shape[-1]
-        heads = C // head_dim
-        j = 0
-        while f'blocks.{s}.{j}.norm1.weight' in sd:
-            p = f'blocks.{s}.{j}.'
-            h = ref_ln(tok, sd[p + 'norm1.weight'], sd[p + 'norm1.bias'], eps)
-            if j % 2 == 0:
-                a = ref_lsa(h, sd, p + 'attn.', heads, H, W)
-            else:
-                a = ref_gsa(h, sd, p + 'attn.', heads, H, W, srs[s], eps)
-            tok = tok + sd[p + 'gamma_1'] * a
-            tok = tok + sd[p + 'gamma_2'] * ref_swiglu_split(
-                ref_ln(tok, sd[p + 'norm2.weight'], sd[p + 'norm2.bias'], eps), sd, p + 'mlp.')
-            j += 1
-        x = tok.transpose(1, 2).reshape(tok.shape[0], C, H, W)
-    tok = ref_ln(tok, sd['norm.weight'], sd['norm.bias'], eps)
-    feat = ref_ln(tok.mean(dim=1), sd['norm.weight'], sd['norm.bias'], eps)
-    return lin(feat, sd, 'head')
-
-
-def ref_pyramid_dense(sd, norms, img, srs=(8, 4, 2, 1), eps=1e-5, head_dim=32):
-    """The authors' seg/det pyramid backbone (``auto_scale=True``, ``norm_after_stage``):
-    after each stage ``x = norm_list[s](x)``; that map is both the stage's output and the
-    next patch embedding's input. GSA positions (queries and keys) times ``14 / H_s``;
-    LSA window-local and unscaled. ``norms``: [(weight, bias)] per stage."""
+def ref_pyramid_stages(sd, img, stage_norms=None, auto_scale=False, srs=(8, 4, 2, 1),
+                       eps=1e-5, head_dim=32):
+    """The authors' pyramid trunk: per stage the patch embed (Conv + LN), then LSA (even j)
+    and GSA (odd j) blocks. Classifier (default): no norm between stages, GSA unscaled.
+    Seg/det backbone: ``auto_scale`` scales GSA positions (queries and keys) by
+    ``14 / H_s`` (LSA stays window-local), and ``stage_norms`` [(weight, bias)] per stage is
+    its ``norm_list``: ``x = norm_list[s](x)`` is both the stage's output and the next patch
+    embedding's input. Returns the per-stage tokens [B, N_s, C_s] and grids."""
     sd = {k: v.double() for k, v in sd.items()}
     x, outs = img.double(), []
     for s in range(4):
@@ -369,15 +343,32 @@ def ref_pyramid_dense(sd, norms, img, srs=(8, 4, 2, 1), eps=1e-5, head_dim=32):
             if j % 2 == 0:
                 a = ref_lsa(h, sd, p + 'attn.', heads, H, W)
             else:
-                a = ref_gsa(h, sd, p + 'attn.', heads, H, W, srs[s], eps, scale=14 / H)
+                a = ref_gsa(h, sd, p + 'attn.', heads, H, W, srs[s], eps,
+                            scale=14 / H if auto_scale else 1.0)
             tok = tok + sd[p + 'gamma_1'] * a
             tok = tok + sd[p + 'gamma_2'] * ref_swiglu_split(
                 ref_ln(tok, sd[p + 'norm2.weight'], sd[p + 'norm2.bias'], eps), sd, p + 'mlp.')
             j += 1
-        tok = ref_ln(tok, norms[s][0].double(), norms[s][1].double(), eps)
+        if stage_norms is not None:
+            tok = ref_ln(tok, stage_norms[s][0].double(), stage_norms[s][1].double(), eps)
         x = tok.transpose(1, 2).reshape(tok.shape[0], C, H, W)
-        outs.append(x)
-    return outs
+        outs.append((tok, H, W))
+    return outs, sd
+
+
+def ref_pyramid_logits(sd, img, eps=1e-5):
+    """Official Pyramid-VisionLLaMA classifier: head(norm(mean(norm(x))))."""
+    stages, sd = ref_pyramid_stages(sd, img, eps=eps)
+    tok = ref_ln(stages[-1][0], sd['norm.weight'], sd['norm.bias'], eps)
+    feat = ref_ln(tok.mean(dim=1), sd['norm.weight'], sd['norm.bias'], eps)
+    return lin(feat, sd, 'head')
+
+
+def ref_pyramid_dense(sd, norms, img):
+    """The authors' seg/det pyramid backbone (``auto_scale=True``, ``norm_after_stage``):
+    the per-stage maps [B, C_s, H_s, W_s]."""
+    stages, _ = ref_pyramid_stages(sd, img, stage_norms=norms, auto_scale=True)
+    return [t.transpose(1, 2).reshape(t.shape[0], -1, H, W) for t, H, W in stages]
 
 
 # ==================================================================================

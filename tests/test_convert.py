@@ -540,17 +540,18 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
     torch.testing.assert_close(logits.double(), ref, rtol=1e-5, atol=1e-5)
 
     # every switch of the preset matters: flipping any one of them changes the logits
-    switches = dict(compat=None, rope_compat='correct', window_pad_mask=False,
+    # (the whole preset, then one of its switches at a time on the official model)
+    switches = dict(compat='correct', rope_compat='correct', window_pad_mask=True,
                     double_final_norm=False, rope_scale=None)
     for k, v in switches.items():
-        c = dict(cfg, compat='correct' if k == 'compat' else 'official')
+        c = dict(cfg, compat=v if k == 'compat' else 'official')
         c.pop('type')
         other = PyramidVisionLLaMA(**c).eval()
-        if k == 'window_pad_mask':  # the official preset's unmasked padding -> masked
-            for blk in (b for stage in other.stages for b in stage):
-                blk.window_pad_mask = True
-        elif k != 'compat':
+        if k != 'compat':
             setattr(other, k, v)
+        if k == 'window_pad_mask':  # the blocks hold the masking switch
+            for blk in (b for stage in other.stages for b in stage):
+                blk.window_pad_mask = v
         other.load_state_dict(model.state_dict())
         with torch.no_grad():
             lo = other(img)[0].double() @ saved['state_dict']['head.fc.weight'].double().T

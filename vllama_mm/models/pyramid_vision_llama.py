@@ -77,29 +77,13 @@ class PyramidVisionLLaMA(BaseModule):
         with_cp: activation checkpointing per block.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
 
-    Parameter names (what a converter maps the official ``model`` dict onto):
+    Parameters: ``patch_embeds.{s}``, ``stages.{s}.{j}`` (blocks: ``ln1``, ``attn``,
+    ``ls1``, ``ln2``, ``ffn``, ``ls2``), ``norms.{s}`` (``featmap``) or ``norm``
+    (``avg_featmap``). The key table from the authors' ``model`` dict is
+    ``vllama_mm/engine/convert/pyramid.py``.
 
-    ========================================  =============================================
-    official                                  here
-    ========================================  =============================================
-    ``patch_embeds.{s}.proj.*``               ``patch_embeds.{s}.projection.*``
-    ``patch_embeds.{s}.norm.*``               ``patch_embeds.{s}.norm.*``
-    ``blocks.{s}.{j}.norm1.*`` / ``norm2.*``  ``stages.{s}.{j}.ln1.*`` / ``ln2.*``
-    ``blocks.{s}.{j}.gamma_1`` / ``gamma_2``  ``stages.{s}.{j}.ls1.weight`` / ``ls2.weight``
-    ``.mlp.c_fc1.weight`` + ``.c_fc2.weight`` ``stages.{s}.{j}.ffn.w12.weight`` =
-                                              ``cat([c_fc1, c_fc2])`` (rows gate | up)
-    ``.mlp.c_proj.weight``                    ``stages.{s}.{j}.ffn.w3.weight``
-    ``.attn.qkv.*`` (LSA, j even)             ``stages.{s}.{j}.attn.qkv.*``
-    ``.attn.q.*``, ``.attn.kv.*`` (GSA, sr>1) ``stages.{s}.{j}.attn.q.*``, ``attn.kv.*``
-    ``.attn.sr.*``, ``.attn.norm.*``          ``stages.{s}.{j}.attn.sr.*``, ``attn.norm.*``
-    ``.attn.q.*`` + ``.attn.kv.*`` (sr = 1)   ``stages.{s}.{j}.attn.qkv.*`` = ``cat([q, kv])``
-    ``.attn.proj.*``                          ``stages.{s}.{j}.attn.proj.*``
-    ``norm.*``                                ``norm.*`` (``avg_featmap`` only)
-    ``head.*``                                the classifier head (``head.fc.*`` in mmpretrain)
-    ========================================  =============================================
-
-    ``norms.{s}.*`` (per-stage output LNs of ``featmap`` mode) have no official
-    counterpart in the classification weights. RoPE tables live in ``ropes.{s}``
+    ``norms.{s}.*`` (the stage norms of ``featmap`` mode) have no counterpart in the
+    classification weights. RoPE tables live in ``ropes.{s}``
     (one :class:`RoPE2D` per stage), never in the state dict.
     """
 

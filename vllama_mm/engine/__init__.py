@@ -1,4 +1,15 @@
-"""Training-side helpers: safe checkpoint loading, layer-wise lr decay, runner setup."""
-from .checkpoint import allow_mmengine_checkpoints
+"""Training-side helpers: safe and verified checkpoint loading, atomic checkpoint saving,
+strict pretrained loading, layer-wise lr decay, runner setup.
 
-__all__ = ['allow_mmengine_checkpoints']
+Importing this package (every ``vllama_mm.<library>`` plugin module does) registers
+``AtomicCheckpointHook`` and makes mmengine verify local checkpoint files (zip CRC)
+before it loads them.
+"""
+from .checkpoint import (CheckpointError, allow_mmengine_checkpoints,
+                         install_checkpoint_checks, verify_checkpoint)
+from .checkpoint_hook import AtomicCheckpointHook, find_resumable_checkpoint
+
+install_checkpoint_checks()
+
+__all__ = ['allow_mmengine_checkpoints', 'CheckpointError', 'verify_checkpoint',
+           'install_checkpoint_checks', 'AtomicCheckpointHook', 'find_resumable_checkpoint']

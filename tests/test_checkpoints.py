@@ -195,3 +195,30 @@ def test_flipped_byte_fails_every_mmengine_load_naming_the_file(tmp_path):
     cut.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r'cut\.pth.*truncated or corrupted'):
         _load_checkpoint(str(cut))
+
+
+def test_converter_checks_crc_and_refuses_to_overwrite_its_source(tmp_path, capsys):
+    sys.path.insert(0, osp.join(REPO, 'tools', 'model_converters'))
+    try:
+        import official2vllama
+    finally:
+        sys.path.pop(0)
+    good, bad = tmp_path / 'official.pth', tmp_path / 'flipped.pth'
+    torch.save({'model': {'patch_embed.proj.weight': torch.randn(64, 3, 16, 16)}}, good)
+    _flip_weight_byte(good, bad)
+    assert official2vllama.main([str(bad), str(tmp_path / 'out.pth')]) == 1
+    assert "flipped.pth' is corrupted: the CRC" in capsys.readouterr().err
+    before = good.read_bytes()
+    assert official2vllama.main([str(good), str(good)]) == 1
+    assert 'is SRC' in capsys.readouterr().err
+    assert good.read_bytes() == before
+
+
+def test_tools_check_names_a_flipped_load_from(tmp_path):
+    from vllama_mm.engine.validate import ConfigError, check_checkpoint_file
+    good, bad = tmp_path / 'good.pth', tmp_path / 'bad.pth'
+    torch.save({'state_dict': {'w': torch.randn(64, 64)}}, good)
+    _flip_weight_byte(good, bad)
+    check_checkpoint_file(str(good), 'load_from')
+    with pytest.raises(ConfigError, match=r"load_from: checkpoint file .*bad\.pth' is corrupted"):
+        check_checkpoint_file(str(bad), 'load_from')

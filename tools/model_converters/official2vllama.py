@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
+from vllama_mm.engine.checkpoint import CheckpointError  # noqa: E402
 from vllama_mm.engine.convert import (ConversionError, convert_checkpoint,  # noqa: E402
                                       format_backbone_cfg, load_official, save_converted)
 
@@ -38,12 +39,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if osp.exists(args.dst) and osp.samefile(args.src, args.dst):
+        print(f'error: DST {args.dst} is SRC; choose another output file', file=sys.stderr)
+        return 1
     try:
         ckpt = load_official(args.src, unsafe=args.unsafe)
         conv = convert_checkpoint(ckpt, head_dim=args.head_dim)
         del ckpt
         save_converted(conv, args.dst, source=osp.basename(args.src))
-    except (ConversionError, FileNotFoundError) as e:
+    except (ConversionError, CheckpointError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     n_backbone = sum(k.startswith('backbone.') for k in conv.state_dict)

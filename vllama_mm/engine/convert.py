@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .checkpoint import mmengine_checkpoint_globals
+from .checkpoint import mmengine_checkpoint_globals, verify_checkpoint
 
 StateDict = Dict[str, Tensor]
 
@@ -97,6 +97,7 @@ def load_official(path: str, unsafe: bool = False) -> Dict[str, Any]:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if osp.getsize(path) == 0:
         raise ConversionError(f'{path}: the file is empty (interrupted download?)')
+    verify_checkpoint(path)  # zip CRC: truncated or flipped-byte files fail naming the file
     try:
         if unsafe:
             ckpt = torch.load(path, map_location='cpu', weights_only=False)

@@ -22,7 +22,6 @@ import difflib
 import os
 import os.path as osp
 import sys
-import zipfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
@@ -219,27 +218,22 @@ def _pretrained_inits(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
 
 
 def check_checkpoint_file(path: Optional[str], key: str) -> None:
-    """A local checkpoint must exist and not be visibly truncated.
+    """A local checkpoint must exist, be complete and pass its zip CRC checks.
 
-    ``torch.save`` writes a zip archive whose directory sits at the end of the file: a
-    file that starts like a zip (``PK\\x03\\x04``) but has no readable directory was cut
-    short (interrupted copy or download). Legacy (pre-zip) pickles are not inspected.
+    See :func:`vllama_mm.engine.checkpoint.verify_checkpoint` (empty, truncated and
+    flipped-byte files); raises :class:`ConfigError` naming ``key`` and the file.
     """
+    from .checkpoint import CheckpointError, verify_checkpoint
     if not path or not isinstance(path, str) or _is_remote(path):
         return
     if not osp.exists(path):
         raise ConfigError(f'{key}: checkpoint file not found: {path!r}')
     if osp.isdir(path):
         raise ConfigError(f'{key}: {path!r} is a directory, not a checkpoint file')
-    size = osp.getsize(path)
-    if size == 0:
-        raise ConfigError(f'{key}: checkpoint file {path!r} is empty')
-    with open(path, 'rb') as f:
-        head = f.read(4)
-    if head == b'PK\x03\x04' and not zipfile.is_zipfile(path):
-        raise ConfigError(f'{key}: checkpoint file {path!r} ({size} bytes) is truncated or '
-                          'corrupted: its zip directory is missing (torch.save archives end '
-                          'with it). Copy or download it again.')
+    try:
+        verify_checkpoint(path)
+    except CheckpointError as e:
+        raise ConfigError(f'{key}: {e}') from e
 
 
 def check_pretrained_files(cfg: Config) -> None:

@@ -3,6 +3,8 @@
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
 
 data_root = 'data/synthetic_imagenet'
 num_classes = 10
@@ -78,5 +80,5 @@ test_cfg = dict()
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1))
+    checkpoint=dict(type='AtomicCheckpointHook', interval=10, max_keep_ckpts=1))
 randomness = dict(seed=0, deterministic=False)

@@ -242,9 +242,45 @@ def check_pretrained_files(cfg: Config) -> None:
         check_checkpoint_file(init['checkpoint'], f'{key}.checkpoint')
 
 
+def _backbones(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
+    """``(config key, dict)`` of every ``VisionLLaMA`` model dict in ``node``."""
+    if isinstance(node, dict):
+        if node.get('type') in ('VisionLLaMA', 'vllama_mm.VisionLLaMA'):
+            yield key, node
+        for k, v in node.items():
+            yield from _backbones(v, f'{key}.{k}')
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _backbones(v, f'{key}.{i}')
+
+
+def check_model_cfg(cfg: Config, mode: str = 'train') -> None:
+    """Settings that fail late and obscurely: a dense task fed one vector per image
+    (``out_type``), fp16 AMP without a GPU."""
+    if cfg.get('default_scope') in ('mmseg', 'mmdet'):
+        for key, backbone in _backbones(cfg.get('model'), 'model'):
+            out_type = backbone.get('out_type', 'cls_token')
+            if out_type != 'featmap':
+                raise ConfigError(
+                    f'{key}.out_type: {out_type!r}' + (' (the default)' if 'out_type' not
+                                                       in backbone else '') +
+                    ' gives one vector per image; a dense (mmseg / mmdet) model needs '
+                    "feature maps: set out_type='featmap'")
+    if mode == 'train':
+        wrapper = (cfg.get('optim_wrapper') or {}).get('type')
+        if wrapper == 'AmpOptimWrapper':
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "optim_wrapper.type: 'AmpOptimWrapper' (fp16 mixed precision) needs a "
+                    'GPU and this machine has no CUDA device; on CPU train in fp32 with '
+                    '--cfg-options optim_wrapper.type=OptimWrapper')
+
+
 def validate_cfg(cfg: Config, mode: str = 'train') -> None:
-    """All path checks for ``tools/train.py`` (``mode='train'``) / ``tools/test.py``."""
+    """All checks for ``tools/train.py`` (``mode='train'``) / ``tools/test.py``."""
     check_data_paths(cfg, mode)
+    check_model_cfg(cfg, mode)
     if mode == 'train':
         check_pretrained_files(cfg)
 
@@ -262,5 +298,6 @@ def exit_with_error(exc: BaseException) -> None:
 
 __all__ = ['ConfigError', 'RUNNER_KEYS', 'TYPO_RATIO', 'USER_ERRORS', 'check_cfg_options',
            'warn_config_variables', 'dataset_paths', 'check_data_paths',
-           'check_checkpoint_file', 'check_pretrained_files', 'validate_cfg',
+           'check_checkpoint_file', 'check_pretrained_files', 'check_model_cfg',
+           'validate_cfg',
            'exit_with_error']

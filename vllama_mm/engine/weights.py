@@ -198,9 +198,9 @@ def check_checkpoint_fits(model: torch.nn.Module, path: str, strict: bool = True
     Reads ``path`` through mmengine's (verified) loader and compares its weights with
     ``model.state_dict()``; see :func:`check_fit`. Returns the report line.
     """
-    from mmengine.model import is_model_wrapper
+    from mmengine.model import BaseTTAModel, is_model_wrapper
     from mmengine.runner.checkpoint import _load_checkpoint
-    if is_model_wrapper(model):
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     checkpoint = _load_checkpoint(path, map_location='cpu')
     given = _tensors(checkpoint_state_dict(checkpoint))

@@ -30,6 +30,9 @@ def parse_args() -> argparse.Namespace:
                         help='scale the lr by the actual batch size')
     parser.add_argument('--no-validate', action='store_true',
                         help='skip validation during training')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='skip the quick dataset check before training (the full '
+                        'scan: tools/analysis/check_dataset.py)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_dataloader.batch_size=8')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],

@@ -8,6 +8,7 @@ with ``AtomicCheckpointHook`` ``epoch_1.pth`` survives and ``--resume`` continue
 """
 import os
 import os.path as osp
+import shutil
 import signal
 import struct
 import subprocess
@@ -28,6 +29,8 @@ TRAIN = textwrap.dedent('''
     from torch.utils.data import Dataset
     from mmengine.fileio import LocalBackend
     from mmengine.model import BaseModel
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS, MODELS
     from mmengine.runner import Runner
     import vllama_mm.engine  # noqa: F401  (registers AtomicCheckpointHook)
 
@@ -45,13 +48,15 @@ TRAIN = textwrap.dedent('''
             return put(self, obj, filepath)
         LocalBackend.put = put_and_die
 
+    @MODELS.register_module()
     class Toy(BaseModel):
-        def __init__(self):
+        def __init__(self, width=4):
             super().__init__()
-            self.fc = nn.Linear(4, 1)
+            self.fc = nn.Linear(4, width)
         def forward(self, x, y, mode='loss'):
-            return {'loss': (self.fc(x) - y).pow(2).mean()}
+            return {'loss': (self.fc(x).sum(1, keepdim=True) - y).pow(2).mean()}
 
+    @DATASETS.register_module()
     class Data(Dataset):
         def __len__(self):
             return 8
@@ -60,16 +65,17 @@ TRAIN = textwrap.dedent('''
             x = torch.randn(4, generator=g)
             return dict(x=x, y=x.sum(0, keepdim=True))
 
-    runner = Runner(
-        model=Toy(), work_dir=work_dir, default_scope='mmengine',
-        train_dataloader=dict(dataset=Data(), batch_size=4, num_workers=0,
+    runner = Runner.from_cfg(Config(dict(
+        model=dict(type='Toy', width=int(os.environ.get('WIDTH', 4))),
+        work_dir=work_dir, default_scope='mmengine',
+        train_dataloader=dict(dataset=dict(type='Data'), batch_size=4, num_workers=0,
                               sampler=dict(type='DefaultSampler', shuffle=False),
                               collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=float(os.environ.get('LR', 0.1)))),
         train_cfg=dict(by_epoch=True, max_epochs=int(max_epochs)),
         default_hooks=dict(checkpoint=dict(type=hook, interval=1,
                                            max_keep_ckpts=int(os.environ.get('KEEP', 1)))),
-        resume=resume == '1', randomness=dict(seed=0))
+        resume=resume == '1', randomness=dict(seed=0))))
     runner.train()
     print('DONE epoch', runner.epoch)
 ''')
@@ -94,8 +100,8 @@ def _flip_weight_byte(src, dst) -> None:
 
 
 def _run(script: str, work_dir, hook: str, max_epochs: int, resume: bool,
-         kill: str = '', keep: int = 1) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS='1', KEEP=str(keep),
+         kill: str = '', keep: int = 1, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS='1', KEEP=str(keep), **env_vars,
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
     cmd = [sys.executable, script, str(work_dir), hook, str(max_epochs), str(int(resume))]
     return subprocess.run(cmd + ([kill] if kill else []), cwd=REPO, env=env,
@@ -134,16 +140,20 @@ def test_atomic_hook_keeps_the_previous_checkpoint_and_resumes(script, tmp_path)
     assert _last(tmp_path) == str(tmp_path / 'epoch_3.pth')
 
 
-@pytest.mark.parametrize('fault', ['missing', 'empty', 'garbage', 'dangling', 'truncated',
-                                   'flipped'])
-def test_auto_resume_falls_back_to_the_newest_intact_checkpoint(script, tmp_path, fault):
-    done = _run(script, tmp_path, 'AtomicCheckpointHook', 2, False, keep=2)
+@pytest.fixture(scope='module')
+def two_epochs(script, tmp_path_factory):
+    """A work dir with epoch_1.pth (older) and epoch_2.pth (newest), both intact."""
+    work = tmp_path_factory.mktemp('two_epochs')
+    done = _run(script, work, 'AtomicCheckpointHook', 2, False, keep=2)
     assert done.returncode == 0, done.stderr[-3000:]
-    # epoch_1 (older, intact) and epoch_2 (the newest; damaged below for some faults)
-    os.utime(tmp_path / 'epoch_1.pth', (1e9, 1e9))
-    record = tmp_path / 'last_checkpoint'
-    data = (tmp_path / 'epoch_2.pth').read_bytes()
-    expect = 'epoch_2.pth'
+    os.utime(work / 'epoch_1.pth', (1e9, 1e9))
+    return work
+
+
+def _damage(work, fault: str) -> str:
+    """Apply ``fault`` to a copy of :func:`two_epochs`; returns the file to resume from."""
+    record = work / 'last_checkpoint'
+    record.write_text(str(work / 'epoch_2.pth'))
     if fault == 'missing':
         record.unlink()
     elif fault == 'empty':
@@ -151,19 +161,43 @@ def test_auto_resume_falls_back_to_the_newest_intact_checkpoint(script, tmp_path
     elif fault == 'garbage':
         record.write_bytes(b'\x00\xff\xfe garbage')
     elif fault == 'dangling':
-        record.write_text(str(tmp_path / 'epoch_9.pth'))
+        record.write_text(str(work / 'epoch_9.pth'))
     elif fault == 'truncated':
-        (tmp_path / 'epoch_2.pth').write_bytes(data[:len(data) // 2])
-        expect = 'epoch_1.pth'
+        data = (work / 'epoch_2.pth').read_bytes()
+        (work / 'epoch_2.pth').write_bytes(data[:len(data) // 2])
+        return 'epoch_1.pth'
     else:  # one flipped byte inside the weights: the zip CRC no longer matches
-        _flip_weight_byte(tmp_path / 'epoch_2.pth', tmp_path / 'epoch_2.pth')
-        expect = 'epoch_1.pth'
-    resumed = _run(script, tmp_path, 'AtomicCheckpointHook', 3, True, keep=2)
+        _flip_weight_byte(work / 'epoch_2.pth', work / 'epoch_2.pth')
+        return 'epoch_1.pth'
+    return 'epoch_2.pth'
+
+
+@pytest.mark.parametrize('fault', ['missing', 'empty', 'garbage', 'dangling', 'truncated',
+                                   'flipped'])
+def test_auto_resume_picks_the_newest_intact_checkpoint(two_epochs, tmp_path, fault):
+    from vllama_mm.engine import find_resumable_checkpoint
+    work = tmp_path / 'work'
+    shutil.copytree(two_epochs, work)
+    expect = _damage(work, fault)
+    path, note = find_resumable_checkpoint(str(work))
+    assert path == str(work / expect)
+    assert f'resuming from the newest intact checkpoint {work / expect} instead' in note
+    reason = {'missing': 'does not exist', 'empty': 'is empty', 'garbage': 'not a file name',
+              'dangling': "epoch_9.pth', which does not exist",
+              'truncated': 'truncated or corrupted', 'flipped': 'the CRC of'}[fault]
+    assert reason in note, note
+
+
+def test_auto_resume_fallback_end_to_end(script, two_epochs, tmp_path):
+    """--resume with a truncated newest checkpoint continues from the previous one."""
+    work = tmp_path / 'work'
+    shutil.copytree(two_epochs, work)
+    _damage(work, 'truncated')
+    resumed = _run(script, work, 'AtomicCheckpointHook', 3, True, keep=2)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-3000:]
-    assert f'resuming from the newest intact checkpoint {tmp_path / expect} instead' in log, \
-        log[-3000:]
-    assert f'resumed epoch: {expect[6]}' in log and 'DONE epoch 3' in log, log[-3000:]
+    assert f'resuming from the newest intact checkpoint {work / "epoch_1.pth"} instead' in log
+    assert 'resumed epoch: 1' in log and 'DONE epoch 3' in log, log[-3000:]
 
 
 def test_no_intact_checkpoint_is_an_error_naming_the_files(tmp_path):
@@ -222,3 +256,20 @@ def test_tools_check_names_a_flipped_load_from(tmp_path):
     check_checkpoint_file(str(good), 'load_from')
     with pytest.raises(ConfigError, match=r"load_from: checkpoint file .*bad\.pth' is corrupted"):
         check_checkpoint_file(str(bad), 'load_from')
+
+
+# ---------------------------------------------------------------- resume honesty (item 4)
+def test_resume_with_another_model_is_an_error_and_new_lr_is_reported(script, tmp_path):
+    first = _run(script, tmp_path, 'AtomicCheckpointHook', 1, False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = _run(script, tmp_path, 'AtomicCheckpointHook', 2, True, WIDTH='8')
+    assert other.returncode != 0
+    assert 'resume: the model config differs from the one the checkpoint was trained with ' \
+           '(model.width: 4 -> 8)' in other.stderr, other.stderr[-3000:]
+    lr = _run(script, tmp_path, 'AtomicCheckpointHook', 2, True, LR='0.05')
+    log = lr.stdout + lr.stderr
+    assert lr.returncode == 0, log[-3000:]
+    assert 'resume: optim_wrapper changed since the checkpoint was written ' \
+           '(optim_wrapper.optimizer.lr: 0.1 -> 0.05)' in log, log[-3000:]
+    assert "the optimizer state (lr, momentum, ...) is the checkpoint's" in log
+    assert 'train_cfg.max_epochs: 1 -> 2' in log and 'the new values apply' in log

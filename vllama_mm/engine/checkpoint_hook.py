@@ -27,6 +27,7 @@ import os
 import os.path as osp
 from typing import Any, Callable, List, Optional, Tuple
 
+from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.hooks import CheckpointHook
@@ -118,6 +119,25 @@ def find_resumable_checkpoint(work_dir: str,
                           'Pass one with --resume PATH, or start without --resume.')
 
 
+def config_diff(old: Any, new: Any, key: str) -> List[str]:
+    """``'key.path: old -> new'`` for every leaf that differs (tuples compare as lists)."""
+    if isinstance(old, tuple):
+        old = list(old)
+    if isinstance(new, tuple):
+        new = list(new)
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            if k == '_scope_':
+                continue
+            out += config_diff(old.get(k, '<unset>'), new.get(k, '<unset>'), f'{key}.{k}')
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in config_diff(a, b, f'{key}.{i}')]
+    return [] if old == new else [f'{key}: {old!r} -> {new!r}']
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """``CheckpointHook`` that writes atomically and removes old files only afterwards.
@@ -160,6 +180,45 @@ class AtomicCheckpointHook(CheckpointHook):
                 print_log(f'auto-resume: {note}', logger='current', level=logging.WARNING)
             if path is not None:
                 runner._load_from = path
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """On resume: compare this run's config with the one the checkpoint was saved by.
+
+        A different ``model`` is an error naming the differences (the weights would be
+        loaded non-strictly into another model). Changed ``optim_wrapper`` /
+        ``param_scheduler`` / ``train_cfg`` values are logged as warnings: mmengine
+        restores the optimizer and scheduler *state* from the checkpoint (so e.g. a new
+        ``lr`` is replaced by the checkpoint's), while ``train_cfg`` applies as given.
+        """
+        if not getattr(runner, '_resume', False):
+            return  # load_from: weights only, another config is the point
+        text = (checkpoint.get('meta') or {}).get('cfg')
+        if not isinstance(text, str):
+            return
+        try:
+            saved = Config.fromstring(text, file_format='.py').to_dict()
+        except Exception as e:  # noqa: BLE001 - an unreadable old config is only reported
+            print_log(f'resume: cannot read the config stored in the checkpoint ({e}); '
+                      'its settings are not compared', logger='current', level=logging.WARNING)
+            return
+        now = runner.cfg.to_dict()
+        model = config_diff(saved.get('model'), now.get('model'), 'model')
+        if model:
+            raise ValueError(
+                f'resume: the model config differs from the one the checkpoint was trained '
+                f'with ({"; ".join(model[:8])}{"; ..." if len(model) > 8 else ""}). Resume '
+                'with the original config, or start a new run from its weights with '
+                'load_from=CHECKPOINT (without --resume)')
+        for key, what in (('optim_wrapper', "the optimizer state (lr, momentum, ...) is the "
+                           "checkpoint's, not these values"),
+                          ('param_scheduler', "the schedulers' state is the checkpoint's"),
+                          ('train_cfg', 'the new values apply')):
+            diff = config_diff(saved.get(key), now.get(key), key)
+            if diff:
+                print_log(f'resume: {key} changed since the checkpoint was written '
+                          f'({"; ".join(diff[:8])}): {what}. To train with new optimizer '
+                          'settings, start a new run with load_from=CHECKPOINT.',
+                          logger='current', level=logging.WARNING)
 
     # ------------------------------------------------------------------ writing
     def _write_atomic(self, save: Callable, out_dir: str, filename: str, *args,

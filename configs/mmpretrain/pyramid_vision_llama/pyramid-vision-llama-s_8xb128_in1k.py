@@ -14,6 +14,9 @@ _base_ = [
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
 # atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
 env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 model = dict(
     type='ImageClassifier',

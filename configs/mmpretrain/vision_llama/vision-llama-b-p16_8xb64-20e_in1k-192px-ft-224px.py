@@ -13,6 +13,9 @@ _base_ = [
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
 # atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
 env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 # the last checkpoint of the 192-px pre-training run
 checkpoint = 'work_dirs/vision-llama-b-p16_8xb256-lamb-800e_in1k-192px/epoch_800.pth'

@@ -5,6 +5,9 @@ _base_ = ['mmpretrain::_base_/default_runtime.py']
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
 # atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
 env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 data_root = 'data/synthetic_imagenet'
 num_classes = 10

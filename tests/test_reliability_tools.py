@@ -43,8 +43,10 @@ _RUNS = iter(range(10**6))
 
 
 def _run_tool(name, argv, monkeypatch, capsys):
-    monkeypatch.setattr(sys, 'argv', [f'tools/{name}.py', *argv, '--cfg-options',
-                                      f'experiment_name=rel_tools_{next(_RUNS)}'])
+    if '--cfg-options' not in argv:
+        argv = [*argv, '--cfg-options']
+    argv = [*argv, f'experiment_name=rel_tools_{next(_RUNS)}']  # one MMLogger per run
+    monkeypatch.setattr(sys, 'argv', [f'tools/{name}.py', *argv])
     monkeypatch.setenv('LOCAL_RANK', '0')
     monkeypatch.delenv('VLLAMA_MM_DEBUG', raising=False)
     try:

@@ -152,3 +152,29 @@ def test_load_from_check_for_a_whole_model(full, tmp_path):
 def test_describe_timm_vit():
     sd = {'patch_embed.proj.weight': torch.zeros(1), 'blocks.0.mlp.fc1.weight': torch.zeros(1)}
     assert 'ViT checkpoint (timm layout' in describe({'model': sd})
+
+
+def test_task_output_norms_are_new_not_missing(full, tmp_path, capsys):
+    """MAE fine-tuning (avg_featmap: a fresh ``ln2``) and dense pyramid models (fresh
+    per-stage ``norms``) load encoder-only files; a file with part of them does not."""
+    src, sd = full
+    path = _save(tmp_path / 'enc.pth', sd)
+    model = VisionLLaMA(PLAIN, img_size=32, patch_size=8, out_type='avg_featmap',
+                        final_norm=False, init_cfg=dict(type='Pretrained', checkpoint=path,
+                                                        prefix='backbone.'))
+    model.init_weights()
+    out = ''.join(capsys.readouterr())
+    assert 'ln2.weight, ln2.bias not in the file: task-specific output norm(s)' in out
+    assert '23 of 23 backbone tensors loaded; 2 unexpected (ln1.weight, ln1.bias)' in out
+    cls_sd = {'backbone.' + k: v for k, v in PyramidVisionLLaMA(
+        PYRAMID, out_type='avg_featmap').state_dict().items()}
+    dense = PyramidVisionLLaMA(PYRAMID, init_cfg=dict(
+        type='Pretrained', checkpoint=_save(tmp_path / 'cls.pth', cls_sd), prefix='backbone.'))
+    dense.init_weights()
+    assert 'norms.0.weight' in ''.join(capsys.readouterr())
+    part = {k: v for k, v in {'backbone.' + k: v for k, v in PyramidVisionLLaMA(
+        PYRAMID).state_dict().items()}.items() if not k.startswith('backbone.norms.3.')}
+    dense = PyramidVisionLLaMA(PYRAMID, init_cfg=dict(
+        type='Pretrained', checkpoint=_save(tmp_path / 'part.pth', part), prefix='backbone.'))
+    with pytest.raises(WeightsError, match=r'missing \(norms\.3\.weight'):
+        dense.init_weights()

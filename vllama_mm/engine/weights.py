@@ -7,7 +7,8 @@ state dict, an unconverted official file, a ViT checkpoint or a wrong ``prefix``
 
 * :class:`StrictPretrainedInit` replaces mmengine's ``Pretrained`` initializer (same
   arguments plus ``strict=True``). For the vllama_mm backbones it logs
-  ``N of M backbone tensors loaded`` and raises :class:`WeightsError` when a backbone
+  ``N of M backbone tensors loaded`` (M without the task output norms a pre-trained
+  encoder does not have, :data:`NEW_TASK_TENSORS`) and raises :class:`WeightsError` when a backbone
   tensor is missing (or has another shape) or unexpected tensors outnumber the matched
   ones; other modules load exactly as mmengine does. ``strict=False`` in the
   ``init_cfg`` loads anyway and logs the missing / unexpected keys.
@@ -151,6 +152,24 @@ def check_fit(own: Mapping[str, torch.Tensor], given: Mapping[str, Any], what: s
                        f'anyway, with the rest left at their initial values: {opt_out}.)')
 
 
+#: Backbone tensors a pre-trained encoder does not have because the backbone adds them
+#: for its task: the output LayerNorm after average pooling (``ln2``, ``out_type=
+#: 'avg_featmap'``, as mmpretrain's ViT after MAE) and the pyramid's per-stage output
+#: norms of ``featmap`` mode (the classification weights have none). When a file has
+#: none of a group they are initialised fresh (and reported); a file with some of them
+#: must have all.
+NEW_TASK_TENSORS = {'VisionLLaMA': ('ln2.', ), 'PyramidVisionLLaMA': ('norms.', )}
+
+
+def new_task_tensors(module: Any, given: Mapping[str, Any]) -> List[str]:
+    """Keys of ``module`` in :data:`NEW_TASK_TENSORS` groups that ``given`` lacks entirely."""
+    prefixes = ()
+    for cls in type(module).__mro__:
+        prefixes += NEW_TASK_TENSORS.get(cls.__name__, ())
+    absent = tuple(p for p in prefixes if not any(k.startswith(p) for k in given))
+    return [k for k in module.state_dict() if absent and k.startswith(absent)]
+
+
 def _is_vllama_backbone(module: Any) -> bool:
     from ..models import PyramidVisionLLaMA, VisionLLaMA
     return isinstance(module, (VisionLLaMA, PyramidVisionLLaMA))
@@ -185,7 +204,13 @@ class StrictPretrainedInit(PretrainedInit):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         given = _tensors(sd)
         source = f'Pretrained {self.checkpoint!r}' + (f' (prefix {prefix!r})' if prefix else '')
-        check_fit(module.state_dict(), given, 'backbone', source, checkpoint, prefix,
+        own = module.state_dict()
+        fresh = new_task_tensors(module, given)
+        if fresh:
+            print_log(f'{source}: {", ".join(fresh)} not in the file: task-specific output '
+                      'norm(s), initialised fresh', logger='current')
+            own = {k: v for k, v in own.items() if k not in fresh}
+        check_fit(own, given, 'backbone', source, checkpoint, prefix,
                   self.strict, opt_out="strict=False in the backbone's init_cfg")
         load_state_dict(module, sd, strict=False, logger='current')
         if hasattr(module, '_params_init_info'):

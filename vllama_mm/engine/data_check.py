@@ -227,7 +227,9 @@ def check_data(cfg: Config, mode: str = 'train', quick: bool = True) -> List[str
         if ident in seen:  # test_dataloader = val_dataloader
             continue
         seen.add(ident)
-        if isinstance(prefix, dict) and 'seg_map_path' in prefix:
+        if isinstance(prefix, dict) and 'seg_map_path' in prefix and (
+                ds.get('type') == 'ADE20KDataset' or 'img_suffix' in ds):
+            # other datasets' file suffixes are class defaults not visible here
             img_dir = _join(root, prefix.get('img_path', ''))
             seg_dir = _join(root, prefix['seg_map_path'])
             found = check_seg_pairs(img_dir, seg_dir, ds.get('img_suffix', '.jpg'),

@@ -18,7 +18,6 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
-from vllama_mm.engine.checkpoint import CheckpointError  # noqa: E402
 from vllama_mm.engine.convert import (ConversionError, convert_checkpoint,  # noqa: E402
                                       format_backbone_cfg, load_official, save_converted)
 
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
         conv = convert_checkpoint(ckpt, head_dim=args.head_dim)
         del ckpt
         save_converted(conv, args.dst, source=osp.basename(args.src))
-    except (ConversionError, CheckpointError, FileNotFoundError) as e:
+    except (ConversionError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     n_backbone = sum(k.startswith('backbone.') for k in conv.state_dict)

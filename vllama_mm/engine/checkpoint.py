@@ -69,7 +69,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used as it is; the message names the file."""
 
 
-def verify_checkpoint(path: str) -> None:
+def verify_checkpoint(path: str, error: type = None) -> None:
     """Check that ``path`` is a complete, uncorrupted ``torch.save`` archive.
 
     ``torch.save`` writes an uncompressed zip archive with a CRC-32 per member and the
@@ -77,10 +77,16 @@ def verify_checkpoint(path: str) -> None:
     file fails deep inside the zip reader and a file with flipped bytes loads and trains
     to NaN. This reads every member once and compares its CRC (~1 GB/s). Legacy
     (pre-zip, torch < 1.6) pickles carry no checksum and are only checked for emptiness.
-    Raises :class:`CheckpointError` naming the file and what is wrong.
+    Raises :class:`CheckpointError` (or ``error``, e.g. the converter's own exception
+    class) naming the file and what is wrong.
     """
     import os.path as osp
     import zipfile
+    if error is not None and error is not CheckpointError:
+        try:
+            return verify_checkpoint(path)
+        except CheckpointError as e:
+            raise error(str(e)) from e
     if not osp.isfile(path):
         raise CheckpointError(f'checkpoint file not found: {path!r}')
     size = osp.getsize(path)

@@ -97,7 +97,7 @@ def load_official(path: str, unsafe: bool = False) -> Dict[str, Any]:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if osp.getsize(path) == 0:
         raise ConversionError(f'{path}: the file is empty (interrupted download?)')
-    verify_checkpoint(path)  # zip CRC: truncated or flipped-byte files fail naming the file
+    verify_checkpoint(path, ConversionError)  # zip CRC: truncated / flipped bytes, named
     try:
         if unsafe:
             ckpt = torch.load(path, map_location='cpu', weights_only=False)

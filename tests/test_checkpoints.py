@@ -166,7 +166,7 @@ def _damage(work, fault: str) -> str:
         data = (work / 'epoch_2.pth').read_bytes()
         (work / 'epoch_2.pth').write_bytes(data[:len(data) // 2])
         return 'epoch_1.pth'
-    else:  # one flipped byte inside the weights: the zip CRC no longer matches
+    elif fault == 'flipped':  # one flipped byte inside the weights: the CRC does not match
         _flip_weight_byte(work / 'epoch_2.pth', work / 'epoch_2.pth')
         return 'epoch_1.pth'
     return 'epoch_2.pth'
@@ -259,17 +259,19 @@ def test_tools_check_names_a_flipped_load_from(tmp_path):
 
 
 # ---------------------------------------------------------------- resume honesty (item 4)
-def test_resume_with_another_model_is_an_error_and_new_lr_is_reported(script, tmp_path):
-    first = _run(script, tmp_path, 'AtomicCheckpointHook', 1, False)
-    assert first.returncode == 0, first.stderr[-3000:]
-    other = _run(script, tmp_path, 'AtomicCheckpointHook', 2, True, WIDTH='8')
+def test_resume_with_another_model_is_an_error_and_new_lr_is_reported(script, two_epochs,
+                                                                      tmp_path):
+    work = tmp_path / 'work'
+    shutil.copytree(two_epochs, work)
+    _damage(work, 'none')  # last_checkpoint -> this copy's epoch_2.pth
+    other = _run(script, work, 'AtomicCheckpointHook', 3, True, keep=2, WIDTH='8')
     assert other.returncode != 0
     assert 'resume: the model config differs from the one the checkpoint was trained with ' \
            '(model.width: 4 -> 8)' in other.stderr, other.stderr[-3000:]
-    lr = _run(script, tmp_path, 'AtomicCheckpointHook', 2, True, LR='0.05')
+    lr = _run(script, work, 'AtomicCheckpointHook', 3, True, keep=2, LR='0.05')
     log = lr.stdout + lr.stderr
     assert lr.returncode == 0, log[-3000:]
     assert 'resume: optim_wrapper changed since the checkpoint was written ' \
            '(optim_wrapper.optimizer.lr: 0.1 -> 0.05)' in log, log[-3000:]
     assert "the optimizer state (lr, momentum, ...) is the checkpoint's" in log
-    assert 'train_cfg.max_epochs: 1 -> 2' in log and 'the new values apply' in log
+    assert 'train_cfg.max_epochs: 2 -> 3' in log and 'the new values apply' in log

@@ -142,3 +142,20 @@ def test_train_one_epoch_and_a_wrong_pretrained_prefix(tiny, monkeypatch, capsys
         "add prefix='backbone.'" in lines[0], out.err[-3000:]
     assert lines[1].startswith('(traceback in ') and len(lines) == 2
     assert 'Traceback' in open(lines[1][len('(traceback in '):-1]).read()
+
+
+def test_train_checks_the_data_first(tiny, monkeypatch, capsys, tmp_path):
+    """A zero-byte image: named before the Runner is built (exit 2); the full scan and
+    the check's rules are tested in test_data_checks.py."""
+    import shutil
+    cfg, _, root = tiny
+    data = tmp_path / 'data'
+    shutil.copytree(root / 'data', data)
+    bad = data / 'train' / 'class_00' / 'train_00_00000.JPEG'
+    bad.write_bytes(b'')
+    status, out = _run_tool('train', [cfg, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                                      f'train_dataloader.dataset.data_root={data}',
+                                      f'val_dataloader.dataset.data_root={data}'],
+                            monkeypatch, capsys)
+    assert status == 2, out.err[-2000:]
+    assert f'error: dataset check failed: {bad}: empty file (0 bytes)' in out.err

@@ -47,6 +47,15 @@ def test_errors_in_training_are_one_line_with_the_traceback_in_the_log(tmp_path,
     monkeypatch.setenv('VLLAMA_MM_DEBUG', '1')
     with pytest.raises(RuntimeError):
         run_or_exit(runner, 'train')
+    monkeypatch.delenv('VLLAMA_MM_DEBUG')
+
+    def stalled():  # what gloo/NCCL raise when a rank stops answering
+        raise RuntimeError('[gloo] Timed out waiting 3000ms for recv operation to complete')
+    runner.test = stalled
+    with pytest.raises(SystemExit):
+        run_or_exit(runner, 'test')
+    assert 'longer than env_cfg.dist_cfg.timeout: a rank stalled or died' in \
+        capsys.readouterr().err
 
 
 def _demo_schedule(max_epochs: int) -> Config:

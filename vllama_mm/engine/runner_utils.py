@@ -255,6 +255,9 @@ def run_or_exit(runner: Any, action: str) -> Any:
                            else exc).split())
         if len(msg) > 600:
             msg = msg[:600] + ' ...'
+        if 'timed out' in msg.lower() or 'timeout' in msg.lower():
+            msg += (' [a distributed collective waited longer than env_cfg.dist_cfg.timeout: '
+                    'a rank stalled or died; see docs/reliability.md]')
         where = (f'traceback in {files[0].baseFilename}' if files
                  else 'set VLLAMA_MM_DEBUG=1 for the traceback')
         print(f'error: {type(exc).__name__}: {msg}\n({where})', file=sys.stderr)

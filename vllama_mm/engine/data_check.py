@@ -24,7 +24,7 @@ scan (``tools/analysis/check_dataset.py CONFIG``) reads everything.
 import json
 import os
 import os.path as osp
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
 

@@ -335,7 +335,11 @@ def test_dropin_changes_only_the_backbone():
     # inheriting through ``mmseg::`` tags every typed dict with ``_scope_='mmseg'``
     ours, upstream = _unscoped(ours.to_dict()), _unscoped(upstream.to_dict())
     differing = {k for k in set(ours) | set(upstream) if ours.get(k) != upstream.get(k)}
-    assert differing == {'model', 'optim_wrapper', 'custom_imports'}
+    # + the reliability defaults: AtomicCheckpointHook and a collective timeout
+    assert differing == {'model', 'optim_wrapper', 'custom_imports', 'default_hooks', 'env_cfg'}
+    assert ours['default_hooks']['checkpoint']['type'] == 'AtomicCheckpointHook'
+    assert {**ours['default_hooks'], 'checkpoint': None} == \
+        {**upstream['default_hooks'], 'checkpoint': None}
     for key in set(upstream['model']) | set(ours['model']):
         same = ours['model'].get(key) == upstream['model'].get(key)
         assert same == (key not in ('backbone', 'pretrained')), key

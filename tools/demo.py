@@ -20,7 +20,8 @@ sys.path.insert(0, REPO)
 from mmengine.config import Config  # noqa: E402
 
 from vllama_mm.datasets.synthetic_imagenet import generate  # noqa: E402
-from vllama_mm.engine.runner_utils import build_runner, import_plugin  # noqa: E402
+from vllama_mm.engine.runner_utils import (build_runner, fit_schedulers,  # noqa: E402
+                                           import_plugin, run_or_exit)
 
 CONFIG = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
                   'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs/demo'))
     parser.add_argument('--epochs', type=int, default=10)
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error(f'--epochs must be at least 1, got {args.epochs}')
 
     t0 = time.time()
     info = generate(args.data_root, num_train=100, num_val=20, img_size=64)
@@ -44,11 +47,12 @@ def main() -> None:
         cfg[loader].dataset.data_root = args.data_root
     cfg.train_cfg.max_epochs = args.epochs
     cfg.train_cfg.val_interval = args.epochs
+    fit_schedulers(cfg)  # --epochs 1: the cosine phase after the 1-epoch warm-up is unused
     import_plugin(cfg)
     runner = build_runner(cfg)
-    runner.train()
+    run_or_exit(runner, 'train')
     t_train = time.time() - t0
-    metrics = runner.test()
+    metrics = run_or_exit(runner, 'test')
     top1 = metrics['accuracy/top1']
     chance = 100.0 / info['num_classes']
     print(f'\n[demo] VisionLLaMA-tiny on {info["num_val"]} synthetic val images: '

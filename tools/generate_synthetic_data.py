@@ -29,7 +29,10 @@ def main() -> None:
         kwargs['num_train'] = args.num_train
     if args.num_val is not None:
         kwargs['num_val'] = args.num_val
-    info = module.generate(args.out_dir, **kwargs)
+    try:
+        info = module.generate(args.out_dir, **kwargs)
+    except (FileExistsError, ValueError, TypeError) as e:
+        sys.exit(f'error: {e}')
     print(f'{args.kind}: {info}')
 
 

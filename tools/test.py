@@ -1,7 +1,11 @@
 """Evaluate a checkpoint with any vllama_mm (or stock OpenMMLab) config.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
+        [--show-dir DIR] [--tta] [--allow-partial-weights] [--cfg-options k=v ...]
     bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]
+
+The checkpoint is verified (zip CRC) and must fill every tensor of the model ("N of M
+model tensors loaded"); see docs/reliability.md.
 """
 import argparse
 import os
@@ -12,8 +16,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo chec
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import build_runner, prepare_cfg  # noqa: E402
+from vllama_mm.engine.runner_utils import (build_runner, prepare_cfg,  # noqa: E402
+                                           prepare_test_cfg, run_or_exit)
 from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
+from vllama_mm.engine.weights import check_checkpoint_fits  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -21,7 +27,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
-    parser.add_argument('--out', help='dump the metrics to this json/pkl file')
+    parser.add_argument('--out', help='dump the predictions (or, with --out-item metrics, '
+                        'the metrics) to this file (.pkl for predictions)')
+    parser.add_argument('--out-item', choices=['pred', 'metrics'], default='pred',
+                        help='what --out holds (default: the predictions)')
+    parser.add_argument('--show-dir', help='draw the predictions into images in this '
+                        'directory (the library\'s visualization hook)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation: the '
+                        "config's tta_pipeline and tta_model")
+    parser.add_argument('--allow-partial-weights', action='store_true',
+                        help='evaluate even when the checkpoint leaves model tensors '
+                        'missing (they are listed; the result is not the model\'s)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. test_dataloader.batch_size=8')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -35,15 +51,18 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    try:  # user errors (bad config, paths, options) -> 'error: ...', exit 2, no traceback
+    try:  # user errors (bad config, paths, options, weights) -> 'error: ...', exit 2
         cfg = Config.fromfile(args.config)
         cfg = prepare_cfg(cfg, args, mode='test')
+        prepare_test_cfg(cfg, args)
         cfg.load_from = args.checkpoint
         runner = build_runner(cfg)
+        check_checkpoint_fits(runner.model, args.checkpoint,
+                              strict=not args.allow_partial_weights)
     except USER_ERRORS as e:
         exit_with_error(e)
-    metrics = runner.test()
-    if args.out:
+    metrics = run_or_exit(runner, 'test')
+    if args.out and args.out_item == 'metrics':
         from mmengine.fileio import dump
         dump(metrics, args.out)
 

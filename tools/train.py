@@ -13,7 +13,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo chec
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import build_runner, prepare_cfg  # noqa: E402
+from vllama_mm.engine.runner_utils import build_runner, prepare_cfg, run_or_exit  # noqa: E402
 from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
 
 
@@ -24,11 +24,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the '
                         'work dir when no path is given')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='fp16 automatic mixed precision (needs a GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the actual batch size')
     parser.add_argument('--no-validate', action='store_true',
                         help='skip validation during training')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='skip the quick dataset check before training (the full '
+                        'scan: tools/analysis/check_dataset.py)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. train_dataloader.batch_size=8')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -48,7 +52,7 @@ def main() -> None:
         runner = build_runner(cfg)
     except USER_ERRORS as e:
         exit_with_error(e)
-    runner.train()
+    run_or_exit(runner, 'train')  # an error: one line here, the traceback in the log
 
 
 if __name__ == '__main__':

@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if osp.exists(args.dst) and osp.samefile(args.src, args.dst):
+        print(f'error: DST {args.dst} is SRC; choose another output file', file=sys.stderr)
+        return 1
     try:
         ckpt = load_official(args.src, unsafe=args.unsafe)
         conv = convert_checkpoint(ckpt, head_dim=args.head_dim, rope=args.rope)

@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from .output_dir import claim_output_dir
+
 SPLITS = (('training', 'train'), ('validation', 'val'))
 NUM_ADE_CLASSES = 150
 
@@ -119,21 +121,10 @@ def generate(out_dir: str, num_train: int = 16, num_val: int = 8,
                                    img_size=hw, labels=labels)
     stamp = osp.join(out_dir, '.complete')
     params = f'{num_train} {num_val} {hw[0]} {hw[1]} {seed} {num_classes}'
-    folders = [osp.join(out_dir, kind, folder) for kind in ('images', 'annotations')
-               for folder, _ in SPLITS]
-    if osp.exists(stamp):
-        with open(stamp) as f:
-            if f.read() == params:
-                return info
-        os.remove(stamp)  # ours, with other arguments: regenerate (stale files removed below)
-        for d in folders:
-            for old in os.listdir(d) if osp.isdir(d) else []:
-                os.remove(osp.join(d, old))
-    else:  # never overwrite or mix with data this generator did not write (e.g. real ADE20K)
-        for d in folders:
-            if osp.isdir(d) and os.listdir(d):
-                raise FileExistsError(f'{d} is not empty and {out_dir} was not written by '
-                                      'this generator; choose an empty out_dir')
+    owned = [osp.join(kind, folder) for kind in ('images', 'annotations')
+             for folder, _ in SPLITS]
+    if claim_output_dir(out_dir, params, owned):
+        return info
     rng = np.random.default_rng(seed)
     for (folder, prefix), n in zip(SPLITS, (num_train, num_val)):
         img_dir = osp.join(out_dir, 'images', folder)

@@ -30,6 +30,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .output_dir import claim_output_dir
+
 # COCO-80: (id, name), the official non-contiguous ids, in mmdet's CocoDataset order.
 COCO_CATEGORIES: Tuple[Tuple[int, str], ...] = tuple(zip(
     [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -138,7 +140,8 @@ def generate(out_dir: str, num_train: int = 16, num_val: int = 8,
         seed: RNG seed (the data is a pure function of the arguments).
         max_objects: objects per image are drawn from ``1..max_objects``.
 
-    Idempotent: an existing, complete dataset with the same parameters is kept.
+    Idempotent: an existing, complete dataset with the same parameters is kept; one
+    written with others is replaced; foreign files are refused (:func:`claim_output_dir`).
     """
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
@@ -154,7 +157,7 @@ def generate(out_dir: str, num_train: int = 16, num_val: int = 8,
                 classes=list(OBJECTS))
     stamp = osp.join(out_dir, '.complete')
     params = f'{num_train} {num_val} {lo} {hi} {seed} {max_objects}'
-    if osp.exists(stamp) and open(stamp).read() == params:
+    if claim_output_dir(out_dir, params, ('train2017', 'val2017', 'annotations')):
         return info
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)

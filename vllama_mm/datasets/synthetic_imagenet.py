@@ -14,6 +14,8 @@ from typing import Dict, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .output_dir import claim_output_dir
+
 SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring')
 
 
@@ -62,13 +64,14 @@ def generate(out_dir: str, num_train: int = 64, num_val: int = 16, img_size: int
              num_classes: int = 10, seed: int = 0) -> Dict[str, Union[str, int]]:
     """Write ``num_train``/``num_val`` images per class; returns the paths and counts.
 
-    Idempotent: an existing, complete dataset with the same parameters is kept.
+    Idempotent: an existing, complete dataset with the same parameters is kept; one
+    written with others is replaced; foreign files are refused (:func:`claim_output_dir`).
     """
     stamp = osp.join(out_dir, '.complete')
     params = f'{num_train} {num_val} {img_size} {num_classes} {seed}'
     info = dict(data_root=out_dir, num_classes=num_classes,
                 num_train=num_train * num_classes, num_val=num_val * num_classes)
-    if osp.exists(stamp) and open(stamp).read() == params:
+    if claim_output_dir(out_dir, params, ('train', 'val', 'meta', 'classes.txt')):
         return info
     rng = np.random.default_rng(seed)
     classes = [f'class_{k:02d}' for k in range(num_classes)]

@@ -6,12 +6,17 @@ its vllama_mm registration module is imported, so configs work with or without
 """
 import argparse
 import importlib
+import logging
+import os
 import os.path as osp
+import sys
+import traceback
+from typing import Any
 
 from mmengine.config import Config
 
 from .checkpoint import allow_mmengine_checkpoints
-from .validate import (check_cfg_options, check_checkpoint_file, validate_cfg,
+from .validate import (ConfigError, check_cfg_options, check_checkpoint_file, validate_cfg,
                        warn_config_variables)
 
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
@@ -41,6 +46,11 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if mode == 'train':
         if getattr(args, 'amp', False):
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError(
+                    "--amp: mmengine's mixed precision (AmpOptimWrapper) needs a GPU and "
+                    'this machine has no CUDA device; train without --amp (fp32) on CPU')
             optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
             if optim_wrapper == 'AmpOptimWrapper':
                 print('AMP training is already enabled in the config.')
@@ -60,10 +70,82 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
             cfg.load_from = args.resume
         if getattr(args, 'no_validate', False):
             cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+        fit_schedulers(cfg)
     if cfg.launcher != 'none':
         use_gloo_without_cuda(cfg)
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
+    if mode == 'train' and not getattr(args, 'skip_data_check', False):
+        from .data_check import check_data
+        check_data(cfg, 'train', quick=True)  # a few images per dataset / class
+    return cfg
+
+
+def fit_schedulers(cfg: Config) -> Config:
+    """Drop epoch-based ``param_scheduler`` entries that begin after the last epoch.
+
+    A scheduler without ``end`` ends at ``max_epochs``; one that begins there (the
+    cosine phase after a 1-epoch warm-up, with ``max_epochs=1``) makes mmengine fail
+    with "end should be larger than begin". Such an entry would never act: it is
+    removed, with a printed note.
+    """
+    max_epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
+    schedulers = cfg.get('param_scheduler')
+    if not isinstance(max_epochs, int) or not isinstance(schedulers, (list, tuple)):
+        return cfg
+    kept = []
+    for i, sched in enumerate(schedulers):
+        if isinstance(sched, dict) and sched.get('by_epoch', True) and \
+                sched.get('begin', 0) >= max_epochs and sched.get('end') is None:
+            print(f'[vllama_mm] param_scheduler[{i}] ({sched.get("type")}, begin='
+                  f'{sched.get("begin")}) starts after the last epoch (train_cfg.max_epochs='
+                  f'{max_epochs}): not used in this run', file=sys.stderr)
+            continue
+        kept.append(sched)
+    if not kept:
+        raise ConfigError(f'param_scheduler: every entry begins after the last epoch '
+                          f'(train_cfg.max_epochs={max_epochs})')
+    cfg.param_scheduler = kept
+    return cfg
+
+
+def prepare_test_cfg(cfg: Config, args: argparse.Namespace) -> Config:
+    """tools/test.py's ``--out`` (predictions), ``--show-dir`` and ``--tta``, as the
+    libraries' own test scripts apply them; a config that lacks what an option needs
+    is a :class:`ConfigError` naming the option."""
+    scope = cfg.get('default_scope')
+    if getattr(args, 'out', None) and getattr(args, 'out_item', 'pred') == 'pred':
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ConfigError(f'--out {args.out}: predictions are written as a pickle, '
+                              'give a .pkl file name (or --out-item metrics for a .json)')
+        evaluator = cfg.get('test_evaluator')
+        evaluators = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+        cfg.test_evaluator = [e for e in evaluators if e is not None] + [
+            dict(type='DumpResults', out_file_path=args.out)]
+    if getattr(args, 'show_dir', None):
+        vis = (cfg.get('default_hooks') or {}).get('visualization')
+        if not isinstance(vis, dict):
+            raise ConfigError('--show-dir: the config has no default_hooks.visualization '
+                              "(inherit the library's default_runtime.py)")
+        if scope == 'mmpretrain':  # mmpretrain VisualizationHook
+            vis.update(enable=True, out_dir=args.show_dir)
+        elif scope == 'mmseg':  # SegVisualizationHook draws, the visualizer saves
+            vis['draw'] = True
+            cfg.visualizer['save_dir'] = args.show_dir
+        else:  # mmdet DetVisualizationHook (a relative dir is under work_dir/<time>/)
+            vis.update(draw=True, test_out_dir=args.show_dir)
+    if getattr(args, 'tta', False):
+        if 'tta_pipeline' not in cfg:
+            raise ConfigError('--tta: the config defines no tta_pipeline (add one, as the '
+                              "library's TTA configs do)")
+        tta_model = cfg.get('tta_model')
+        if tta_model is None and scope == 'mmpretrain':
+            tta_model = dict(type='AverageClsScoreTTA')
+        if tta_model is None:
+            raise ConfigError(f'--tta: the config defines no tta_model (e.g. '
+                              f"{'SegTTAModel' if scope == 'mmseg' else 'DetTTAModel'})")
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.model = dict(tta_model, module=cfg.model)
     return cfg
 
 
@@ -89,6 +171,29 @@ def use_gloo_without_cuda(cfg: Config) -> None:
             find_unused_parameters=cfg.get('find_unused_parameters', False))
 
 
+def exit_with_launcher() -> bool:
+    """Have the kernel SIGTERM this process when its parent (the launcher) dies.
+
+    torchrun's agent starts the ranks as its children; when the agent is killed
+    (``kill -9``, a node agent crash), the ranks would keep running as orphans, holding
+    the GPUs. Linux only (``prctl(PR_SET_PDEATHSIG)``); returns whether it is armed.
+    """
+    import ctypes
+    import signal
+    if not sys.platform.startswith('linux'):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def _init_cpu_process_group(cfg: Config) -> None:
     import torch
     import torch.distributed as dist
@@ -111,7 +216,49 @@ def build_runner(cfg: Config):
     from mmengine.runner import Runner
     allow_mmengine_checkpoints()
     check_checkpoint_file(cfg.get('load_from'), 'load_from')  # [validate] missing/truncated
+    if cfg.get('launcher', 'none') == 'pytorch':
+        exit_with_launcher()  # no orphaned ranks when torchrun's agent dies
     _init_cpu_process_group(cfg)
     if 'runner_type' not in cfg:
         return Runner.from_cfg(cfg)
     return RUNNERS.build(cfg)
+
+
+# ---------------------------------------------------------------------------- errors
+def _log_files(runner: Any):
+    logger = getattr(runner, 'logger', None)
+    return [h for h in getattr(logger, 'handlers', []) if isinstance(h, logging.FileHandler)]
+
+
+def run_or_exit(runner: Any, action: str) -> Any:
+    """``runner.train()`` / ``runner.test()``; an exception ends as one ``error:`` line.
+
+    The full traceback goes to the run's log file only (``<work_dir>/<time>/<time>.log``),
+    the terminal gets ``error: <Type>: <message>`` and the log's path; exit status 1.
+    ``VLLAMA_MM_DEBUG=1`` re-raises instead. ``KeyboardInterrupt`` is not caught.
+    """
+    try:
+        return getattr(runner, action)()
+    except Exception as exc:  # noqa: BLE001 - reported, then exit 1
+        if os.environ.get('VLLAMA_MM_DEBUG', '0') not in ('', '0'):
+            raise
+        text = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        files = _log_files(runner)
+        for handler in files:
+            handler.acquire()
+            try:
+                handler.stream.write(f'{action} failed:\n{text}')
+                handler.flush()
+            finally:
+                handler.release()
+        msg = ' '.join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args
+                           else exc).split())
+        if len(msg) > 600:
+            msg = msg[:600] + ' ...'
+        if 'timed out' in msg.lower() or 'timeout' in msg.lower():
+            msg += (' [a distributed collective waited longer than env_cfg.dist_cfg.timeout: '
+                    'a rank stalled or died; see docs/reliability.md]')
+        where = (f'traceback in {files[0].baseFilename}' if files
+                 else 'set VLLAMA_MM_DEBUG=1 for the traceback')
+        print(f'error: {type(exc).__name__}: {msg}\n({where})', file=sys.stderr)
+        sys.exit(1)

@@ -15,6 +15,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .rope import RoPE2D, RopeTable, _pair, grid_positions
@@ -130,6 +131,7 @@ class PyramidVisionLLaMA(BaseModule):
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         a = self._resolve_arch(arch)
+        check_backbone_args(type(self).__name__, locals(), a, NUM_STAGES)
         self.arch_settings = a
         self.embed_dims: List[int] = a['embed_dims']
         self.depths: List[int] = a['depths']
@@ -372,6 +374,7 @@ class PyramidVisionLLaMA(BaseModule):
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Images [B, C_in, H, W] -> tuple of [B, C_s, H_s, W_s] maps or ([B, C_4],)."""
         outs = []
+        x = guard_traced_size(x, type(self).__name__)
         B = x.shape[0]
         for s in range(NUM_STAGES):
             x, hw = self.patch_embeds[s](x)  # [B, H_s*W_s, C_s], row-major

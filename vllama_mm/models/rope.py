@@ -49,7 +49,10 @@ class RopeTable(tuple):
         """``cos + i sin`` per pair, made on first use and kept (the eager fast path;
         code traced by torch.compile uses cos and sin and never makes it)."""
         if self._rot is None:
-            self._rot = _complex_rotation(self[0], self[1])
+            # never an inference tensor: a table first used under torch.inference_mode()
+            # is cached and must stay usable by a later training step
+            with torch.inference_mode(False):
+                self._rot = _complex_rotation(self[0], self[1])
         return self._rot
 
     def __getnewargs__(self) -> Tuple[Tensor, Tensor, Optional[Tensor]]:  # copy / pickle

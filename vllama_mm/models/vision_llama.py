@@ -8,6 +8,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
@@ -156,6 +157,7 @@ class VisionLLaMA(BaseModule):
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
                                           self.arch_defaults, type(self).__name__)
         a = self.arch_settings
+        check_backbone_args(type(self).__name__, locals(), a, a['num_layers'])
         for key in self.essential_keys:  # no silent int() truncation of 2.5 heads
             if isinstance(a[key], bool) or not isinstance(a[key], int) or a[key] <= 0:
                 raise ValueError(f'{type(self).__name__}: arch {key!r} must be a positive '
@@ -343,7 +345,7 @@ class VisionLLaMA(BaseModule):
         return outs
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        x, hw = self.embed(x)
+        x, hw = self.embed(guard_traced_size(x, type(self).__name__))
         glob, win = self.rope_tables(hw, x.device)
         return tuple(self.forward_layers(x, hw, glob, win, self.out_indices))
 

@@ -7,6 +7,9 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 
 custom_imports = dict(imports=['vllama_mm.mmdet'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=1800))
 
 # ImageNet-1k weights of PyramidVisionLLaMA-S in this plugin's layout (an mmpretrain
 # checkpoint, hence prefix 'backbone.'): convert the released checkpoint with

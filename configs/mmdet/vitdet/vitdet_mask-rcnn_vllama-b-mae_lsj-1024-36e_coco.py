@@ -17,6 +17,8 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['vllama_mm.mmdet'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
 
 image_size = (1024, 1024)
 norm_cfg = dict(type='LN2d', requires_grad=True)
@@ -140,7 +142,7 @@ test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, save_last=True, interval=interval,
+        type='AtomicCheckpointHook', by_epoch=False, save_last=True, interval=interval,
         max_keep_ckpts=2))
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
 

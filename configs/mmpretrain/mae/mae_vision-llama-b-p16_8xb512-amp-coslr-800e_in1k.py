@@ -10,6 +10,12 @@
 _base_ = 'mmpretrain::mae/mae_vit-base-p16_8xb512-amp-coslr-800e_in1k.py'
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 model = dict(
     backbone=dict(

@@ -12,6 +12,11 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 model = dict(
     type='ImageClassifier',
@@ -57,5 +62,5 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
 
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3))
 randomness = dict(seed=0, diff_rank_seed=True)

@@ -11,6 +11,11 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 # the last checkpoint of the 192-px pre-training run
 checkpoint = 'work_dirs/vision-llama-b-p16_8xb256-lamb-800e_in1k-192px/epoch_800.pth'
@@ -82,6 +87,6 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=20, val_interval=1)
 
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3))
 randomness = dict(seed=0, diff_rank_seed=True)
 auto_scale_lr = dict(base_batch_size=512)

@@ -18,6 +18,11 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 # ---------------------------------------------------------------- model
 model = dict(
@@ -134,7 +139,7 @@ param_scheduler = [
 
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=10)
 
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=10, max_keep_ckpts=3))
 randomness = dict(seed=0, diff_rank_seed=True)
 
 # The lr is the authors' absolute value for 8 x 256 = 2048 images per iteration

@@ -3,6 +3,11 @@
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['vllama_mm.mmpretrain'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+env_cfg = dict(dist_cfg=dict(timeout=1800))
+# no `_scope_` key in the visualizer (mmpretrain's browse_dataset passes it on as kwargs)
+visualizer = dict(_delete_=True, type='UniversalVisualizer',
+                  vis_backends=[dict(type='LocalVisBackend')])
 
 data_root = 'data/synthetic_imagenet'
 num_classes = 10
@@ -78,5 +83,5 @@ test_cfg = dict()
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1))
+    checkpoint=dict(type='AtomicCheckpointHook', interval=10, max_keep_ckpts=1))
 randomness = dict(seed=0, deterministic=False)

@@ -15,6 +15,9 @@ _base_ = [
 ]
 
 custom_imports = dict(imports=['vllama_mm.mmseg'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=1800))
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)

@@ -3,6 +3,9 @@
 _base_ = ['mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py']
 
 custom_imports = dict(imports=['vllama_mm.mmseg'], allow_failed_imports=False)
+# atomic checkpoints and a collective timeout in seconds (docs/reliability.md)
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+env_cfg = dict(dist_cfg=dict(timeout=1800))
 
 model = dict(
     # upstream points ``model.pretrained`` at an MAE-ViT file and EncoderDecoder would pass

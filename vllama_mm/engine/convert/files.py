@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..checkpoint import mmengine_checkpoint_globals
+from ..checkpoint import mmengine_checkpoint_globals, verify_checkpoint
 from .common import ConversionError, Converted, short
 
 
@@ -33,6 +33,7 @@ def load_official(path: str, unsafe: bool = False) -> Dict[str, Any]:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if osp.getsize(path) == 0:
         raise ConversionError(f'{path}: the file is empty (interrupted download?)')
+    verify_checkpoint(path, ConversionError)  # zip CRC: truncated / flipped bytes, named
     try:
         if unsafe:
             ckpt = torch.load(path, map_location='cpu', weights_only=False)

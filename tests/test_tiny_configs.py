@@ -10,6 +10,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
+from vllama_mm.engine.console import log_file
 from vllama_mm.engine.runner_utils import build_runner, import_plugin
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -52,7 +53,7 @@ def _generate(kind: str, root: str) -> None:
 
 
 @pytest.mark.parametrize('family', sorted(TINY))
-def test_tiny_config_trains_validates_and_saves(family, tmp_path, monkeypatch):
+def test_tiny_config_trains_validates_and_saves(family, tmp_path, monkeypatch, capsys):
     path, kind, metric = TINY[family]
     cfg = Config.fromfile(osp.join(ROOT, path))
     init = cfg.model.backbone.get('init_cfg')
@@ -84,6 +85,19 @@ def test_tiny_config_trains_validates_and_saves(family, tmp_path, monkeypatch):
     assert osp.isfile(osp.join(cfg.work_dir, expected))
     if metric is not None:  # validated at the end of training
         assert metric in keep.metrics and math.isfinite(keep.metrics[metric]), keep.metrics
+
+    # readable console: dumps and per-parameter lines only in the log file
+    console = capsys.readouterr().out
+    with open(log_file(runner.logger)) as f:
+        logged = f.read()
+    for noise in ('System environment:', 'paramwise_options --', 'Hooks will be executed'):
+        assert noise not in console, noise
+    assert 'System environment:' in logged and 'Config:' in logged
+    if 'paramwise_cfg' in cfg.optim_wrapper and \
+            cfg.optim_wrapper.get('constructor') is None:  # mmengine's per-parameter lines
+        assert 'paramwise_options --' in logged
+    assert 'full log (environment, config, per-parameter settings): ' in console
+    assert len(console.splitlines()) < 40, console
 
 
 def test_readme_lists_every_tiny_config():

@@ -9,8 +9,8 @@ data_root = 'data/synthetic_coco/'
 dims = [32, 64, 96, 128]  # head dim 32: 1, 2, 3, 4 heads
 ch = 32  # FPN and head width
 model = dict(
-    backbone=dict(arch=dict(embed_dims=dims, depths=[1, 1, 2, 1]), drop_path_rate=0.0,
-                  init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=dims, depths=[1, 1, 2, 1]),
+                  drop_path_rate=0.0, init_cfg=None),
     neck=dict(in_channels=dims, out_channels=ch),
     rpn_head=dict(in_channels=ch, feat_channels=ch),
     roi_head=dict(

@@ -15,7 +15,8 @@ model = dict(
         pad_size_divisor=image_size[0],
         batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
     backbone=dict(
-        arch=dict(embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
+        arch=dict(_delete_=True,  # a custom arch dict replaces the base's preset name
+                  embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
                   ffn_bias=True),
         img_size=64,
         window_size=4,

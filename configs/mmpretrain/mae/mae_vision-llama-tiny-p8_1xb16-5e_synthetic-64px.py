@@ -12,7 +12,8 @@ patch_size = 8
 dim = 64
 model = dict(
     backbone=dict(
-        arch=dict(embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
+        arch=dict(_delete_=True,  # a custom arch dict replaces the base's preset name
+                  embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
                   ffn_bias=True),
         img_size=img_size,
         patch_size=patch_size),

@@ -11,8 +11,8 @@ dims = [32, 64, 96, 128]  # head dim 32: 1, 2, 3, 4 heads
 norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a distributed run
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(embed_dims=dims, depths=[1, 1, 2, 1]), drop_path_rate=0.0,
-                  init_cfg=None),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=dims, depths=[1, 1, 2, 1]),
+                  drop_path_rate=0.0, init_cfg=None),
     decode_head=dict(in_channels=dims, channels=32, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=dims[2], channels=16, norm_cfg=norm_cfg))
 

@@ -13,7 +13,8 @@ norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a distributed run
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        arch=dict(embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
+        arch=dict(_delete_=True,  # a custom arch dict replaces the base's preset name
+                  embed_dims=dim, num_layers=4, num_heads=2, feedforward_channels=128,
                   ffn_bias=True),
         img_size=64,
         out_indices=(0, 1, 2, 3),

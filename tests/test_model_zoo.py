@@ -84,15 +84,15 @@ def test_entry_fields_and_config_loads(name, entries):
 def test_tiny_configs_state_their_parameter_counts(entries):
     import importlib
 
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import DefaultScope
     tiny = [n for n in entries if 'tiny' in n]
     assert len(tiny) == 6
     for name in tiny:
         cfg = Config.fromfile(entries[name]['Config'])
         importlib.import_module(f'vllama_mm.{cfg.default_scope}')
-        init_default_scope(cfg.default_scope)
         registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
-        model = registry.build(cfg.model)
+        with DefaultScope.overwrite_default_scope(cfg.default_scope):
+            model = registry.build(cfg.model)
         n = sum(p.numel() for p in model.parameters())
         assert entries[name]['Metadata']['Parameters'] == n, name
 

@@ -97,7 +97,8 @@ def test_tiny_config_trains_validates_and_saves(family, tmp_path, monkeypatch, c
             cfg.optim_wrapper.get('constructor') is None:  # mmengine's per-parameter lines
         assert 'paramwise_options --' in logged
     assert 'full log (environment, config, per-parameter settings): ' in console
-    assert len(console.splitlines()) < 40, console
+    # fits on a screen; COCO runs add pycocotools' own prints (2 x 12 summary lines)
+    assert len(console.splitlines()) < (80 if kind == 'coco' else 30), console
 
 
 def test_readme_lists_every_tiny_config():

@@ -4,7 +4,7 @@ mmengine logs at INFO, to the console and the run's log file alike, a line per p
 from its optimizer constructor (``paramwise_options -- <name>:lr=...``), the whole system
 environment, the whole config, the hook order, and (without a log file) a block per
 parameter from ``init_weights`` ("... value is the same before and after calling
-`init_weights`"). :func:`quiet_console` filters those records from the console handler
+`init_weights`"), and mmseg logs a table row per class after each validation. :func:`quiet_console` filters those records from the console handler
 only; the log file keeps everything. ``VLLAMA_MM_VERBOSE=1`` turns the filter off.
 """
 import logging
@@ -19,6 +19,8 @@ _NOISE = (
     re.compile(r'Config:\n'),                        # Runner: the full config
     re.compile(r'Hooks will be executed in the following order'),
     re.compile(r'\S+ - torch\.Size\(\['),            # init_weights dump, per parameter
+    re.compile(r'per class results:'),               # mmseg IoUMetric: a row per class
+    re.compile(r'\+[-+]+\+\n\|\s+Class\s+\|'),        # ... and its table (150 for ADE20K)
 )
 
 

@@ -21,7 +21,7 @@ model = dict(
     train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100),
                    rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100),
-                  rcnn=dict(score_thr=0.05, max_per_img=20)))
+                  rcnn=dict(score_thr=0.0, max_per_img=20)))  # an untrained model still predicts
 
 # the recipe's multi-scale resize, scaled from 480..800 x 1333 to 96..160 x 267
 train_pipeline = [

@@ -45,6 +45,7 @@ def main() -> None:
         cfg[loader].dataset.data_root = args.data_root
     cfg.train_cfg.max_epochs = args.epochs
     cfg.train_cfg.val_interval = args.epochs
+    cfg.default_hooks.logger.interval = 10**6  # longer than an epoch: one line per epoch
     import_plugin(cfg)
     runner = build_runner(cfg)
     runner.train()

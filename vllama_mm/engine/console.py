@@ -4,7 +4,8 @@ mmengine logs at INFO, to the console and the run's log file alike, a line per p
 from its optimizer constructor (``paramwise_options -- <name>:lr=...``), the whole system
 environment, the whole config, the hook order, and (without a log file) a block per
 parameter from ``init_weights`` ("... value is the same before and after calling
-`init_weights`"), and mmseg logs a table row per class after each validation. :func:`quiet_console` filters those records from the console handler
+`init_weights`"), the experiment name after every epoch, and mmseg logs a table row
+per class after each validation. :func:`quiet_console` filters those records from the console handler
 only; the log file keeps everything. ``VLLAMA_MM_VERBOSE=1`` turns the filter off.
 """
 import logging
@@ -21,16 +22,24 @@ _NOISE = (
     re.compile(r'\S+ - torch\.Size\(\['),            # init_weights dump, per parameter
     re.compile(r'per class results:'),               # mmseg IoUMetric: a row per class
     re.compile(r'\+[-+]+\+\n\|\s+Class\s+\|'),        # ... and its table (150 for ADE20K)
+    re.compile(r'Exp name: '),                       # LoggerHook: after every epoch
+)
+# warnings mmengine 0.10.7 raises about its own internals (nothing a user can act on)
+_INTERNAL_WARNINGS = (
+    re.compile(r'"FileClient" will be deprecated in future'),
+    re.compile(r'"HardDiskBackend" is the alias of "LocalBackend"'),
 )
 
 
 class ConsoleNoiseFilter(logging.Filter):
-    """Drops INFO-and-below records matching :data:`_NOISE` (warnings always pass)."""
+    """Drops INFO-and-below records matching :data:`_NOISE` and mmengine's warnings about its
+    own deprecated internals; every other warning and error passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
         msg = record.getMessage().lstrip('\n-')
+        if record.levelno >= logging.WARNING:
+            return record.levelno > logging.WARNING or \
+                not any(p.match(msg) for p in _INTERNAL_WARNINGS)
         return not any(p.match(msg) for p in _NOISE)
 
 

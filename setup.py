@@ -30,7 +30,7 @@ setup(
         'mmseg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.2,<1.3', 'ftfy', 'regex'],
         'mmdet': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4', 'pycocotools'],
         'generation': ['diffusers', 'torchdiffeq'],
-        'deploy': ['onnx', 'onnxruntime'],
+        'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
         'tests': ['pytest', 'model-index'],
     },
     classifiers=[

@@ -108,9 +108,9 @@ fi
 
 step "mmpretrain $MMPRETRAIN_VERSION, mmsegmentation $MMSEG_VERSION, mmdet $MMDET_VERSION, tools"
 # openmim: 0.3.7 (see requirements/stack.in); psutil: mmdet's benchmark tool; model-index:
-# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx/onnxruntime: export.
+# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export.
 "${INSTALL[@]}" -q mmpretrain mmsegmentation mmdet ftfy regex pycocotools \
-  openmim pandas psutil model-index diffusers torchdiffeq onnx onnxruntime pytest \
+  openmim pandas psutil model-index diffusers torchdiffeq onnx onnxruntime onnxscript pytest \
   || die "could not install the OpenMMLab task libraries and tools"
 
 step "vllama_mm (editable)"

@@ -53,7 +53,7 @@ param_scheduler = [
          convert_to_iter_based=True)
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=5)
-default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=5, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=5, max_keep_ckpts=1))
 randomness = dict(seed=0, diff_rank_seed=True)
 resume = False  # the recipe resumes by default; a tiny run starts fresh
 auto_scale_lr = dict(base_batch_size=16)

@@ -124,6 +124,7 @@ def test_mmpretrain_lists_and_builds_our_models_by_name():
 
 def test_image_classification_inferencer_by_name(tmp_path):
     import numpy as np
+    from mmengine.registry import DefaultScope
     from mmpretrain import ImageClassificationInferencer, get_model
 
     import vllama_mm.mmpretrain  # noqa: F401
@@ -132,11 +133,15 @@ def test_image_classification_inferencer_by_name(tmp_path):
     ckpt = tmp_path / 'tiny.pth'
     torch.save({'state_dict': trained.state_dict(),
                 'meta': {'dataset_meta': {'classes': [f'c{i}' for i in range(10)]}}}, ckpt)
-    inferencer = ImageClassificationInferencer(TINY_CLS, pretrained=str(ckpt), device='cpu')
+    # mmpretrain's inferencer builds its pipeline in the current default scope, which
+    # earlier tests may have set to another library
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer(TINY_CLS, pretrained=str(ckpt),
+                                                   device='cpu')
+        img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        out = inferencer(img)[0]
     loaded = inferencer.model.state_dict()
     assert all(torch.equal(v, loaded[k]) for k, v in trained.state_dict().items())
-    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    out = inferencer(img)[0]
     assert out['pred_class'] in [f'c{i}' for i in range(10)]
     assert out['pred_scores'].shape == (10, )
 

@@ -22,12 +22,16 @@ setup(
     packages=find_packages(include=['vllama_mm', 'vllama_mm.*']),
     python_requires='>=3.8',
     # What the plugin itself imports. The task libraries are extras: install the one(s) you use.
+    # The tested versions of everything are pinned in requirements/lock.txt
+    # (`pip install -c requirements/lock.txt -e .[mmpretrain]`; tools/setup_env.sh does all).
     install_requires=['torch>=2.0', 'mmengine>=0.10.0,<0.11'],
     extras_require={
         'mmpretrain': ['mmcv>=2.0.0,<2.2.0', 'mmpretrain>=1.2.0,<1.3'],
         'mmseg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.2.2,<1.3', 'ftfy', 'regex'],
         'mmdet': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4', 'pycocotools'],
-        'tests': ['pytest'],
+        'generation': ['diffusers', 'torchdiffeq'],
+        'deploy': ['onnx', 'onnxruntime', 'onnxscript'],
+        'tests': ['pytest', 'model-index'],
     },
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -167,6 +167,8 @@ CHECKS = dict(mmpretrain=check_mmpretrain, mmseg=check_mmseg, mmdet=check_mmdet)
 def input_size(cfg: Config, scope: str) -> int:
     """A legitimate input size for the forward check."""
     if scope == 'mmpretrain':
+        if cfg.model.type == 'MAE':  # the decoder's position table fixes the training grid
+            return int(cfg.model.backbone.get('img_size', 224))
         return 224
     if scope == 'mmseg':
         return int(cfg.get('crop_size', (512, 512))[0])

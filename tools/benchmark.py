@@ -570,6 +570,9 @@ def main(argv=None) -> List[Dict]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from tqdm import tqdm
+
+    from vllama_mm.engine.console import quiet_console
+    quiet_console()  # init_weights' per-parameter dumps stay off the console
     torch.manual_seed(0)
     load_before = load_average()
     entries = build_entries(args, device)

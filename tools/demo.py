@@ -20,6 +20,7 @@ sys.path.insert(0, REPO)
 from mmengine.config import Config  # noqa: E402
 
 from vllama_mm.datasets.synthetic_imagenet import generate  # noqa: E402
+from vllama_mm.engine.console import log_file  # noqa: E402
 from vllama_mm.engine.runner_utils import (build_runner, fit_schedulers,  # noqa: E402
                                            import_plugin, run_or_exit)
 
@@ -48,6 +49,7 @@ def main() -> None:
     cfg.train_cfg.max_epochs = args.epochs
     cfg.train_cfg.val_interval = args.epochs
     fit_schedulers(cfg)  # --epochs 1: the cosine phase after the 1-epoch warm-up is unused
+    cfg.default_hooks.logger.interval = 10**6  # longer than an epoch: one line per epoch
     import_plugin(cfg)
     runner = build_runner(cfg)
     run_or_exit(runner, 'train')
@@ -58,6 +60,9 @@ def main() -> None:
     print(f'\n[demo] VisionLLaMA-tiny on {info["num_val"]} synthetic val images: '
           f'top-1 = {top1:.1f}% (chance {chance:.0f}%), '
           f'train {t_train:.0f} s, total {time.time() - t0:.0f} s')
+    with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
+        ckpt = f.read().strip()
+    print(f'[demo] checkpoint: {ckpt}\n[demo] full log:   {log_file(runner.logger)}')
     if top1 < 3 * chance:
         sys.exit(f'[demo] FAILED: top-1 {top1:.1f}% is not clearly above chance {chance:.0f}%')
 

@@ -1,40 +1,52 @@
 #!/usr/bin/env bash
-# Create or update .venv with the pinned, tested OpenMMLab stack and vllama_mm (editable).
+# Create or update a venv with the locked, tested OpenMMLab stack and vllama_mm (editable).
 #
-#   bash tools/setup_env.sh            # idempotent; second run takes about a minute
+#   bash tools/setup_env.sh            # idempotent; a second run changes nothing (~1 min)
 #
 # Environment knobs:
 #   VLLAMA_VENV        venv path (default: <repo>/.venv)
 #   VLLAMA_CACHE       wheel cache for the mmcv build (default: ~/.cache/vllama_mm)
-#   PYTHON             interpreter used to create the venv (default: python3)
+#   PYTHON             interpreter used to create the venv (default: python3; tested 3.11)
 #
-# The mmcv 2.1.0 ops are compiled against the installed torch (~11 min on 2 cores).
-# The built wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch, python), because a
-# wheel built against one torch fails at import with another (undefined C++ symbols).
+# Every pip call installs under `-c requirements/lock.txt`, the lock of the whole stack
+# (generated from requirements/stack.in by tools/update_lock.sh), so no later step can move
+# a package an earlier one pinned. The mmcv 2.1.0 ops are compiled against the installed
+# torch (~11 min on 2 cores); the wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch,
+# python, machine), because a wheel built against one torch fails at import with another
+# (undefined C++ symbols).
 set -euo pipefail
-
-# ---- the tested stack (see README "Supported versions") ----
-TORCH_VERSION=2.11.0
-TORCHVISION_VERSION=0.26.0
-MMENGINE_VERSION=0.10.7
-MMCV_VERSION=2.1.0
-MMPRETRAIN_VERSION=1.2.0
-MMSEG_VERSION=1.2.2
-MMDET_VERSION=3.3.0
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VLLAMA_VENV:-$REPO/.venv}"
 CACHE="${VLLAMA_CACHE:-$HOME/.cache/vllama_mm}"
 PY_BOOT="${PYTHON:-python3}"
+LOCK="$REPO/requirements/lock.txt"
 
 step() { printf '\n\033[1m[setup_env] %s\033[0m\n' "$*"; }
 die()  { printf '\n[setup_env] ERROR: %s\n' "$*" >&2; exit 1; }
 trap 'die "step failed (line $LINENO): see the output above"' ERR
 
+[ -f "$LOCK" ] || die "lock file $LOCK not found (regenerate it with tools/update_lock.sh)"
+pin() {  # pin <name> -> its version in the lock
+  local v
+  v=$(sed -n "s/^$1==//Ip" "$LOCK")
+  [ -n "$v" ] || die "$1 is not pinned in $LOCK"
+  echo "$v"
+}
+TORCH_VERSION=$(pin torch)
+TORCHVISION_VERSION=$(pin torchvision)
+MMENGINE_VERSION=$(pin mmengine)
+MMCV_VERSION=$(pin mmcv)
+MMPRETRAIN_VERSION=$(pin mmpretrain)
+MMSEG_VERSION=$(pin mmsegmentation)
+MMDET_VERSION=$(pin mmdet)
+
 start=$(date +%s)
-command -v "$PY_BOOT" >/dev/null || die "'$PY_BOOT' not found; set PYTHON=/path/to/python3.8+"
-"$PY_BOOT" -c 'import sys; assert sys.version_info >= (3, 8)' \
-  || die "python >= 3.8 required (found $("$PY_BOOT" --version 2>&1))"
+command -v "$PY_BOOT" >/dev/null || die "'$PY_BOOT' not found; set PYTHON=/path/to/python3.10+"
+"$PY_BOOT" -c 'import sys; assert sys.version_info >= (3, 10)' \
+  || die "python >= 3.10 required by torch $TORCH_VERSION (found $("$PY_BOOT" --version 2>&1))"
+"$PY_BOOT" -c 'import sys; assert sys.version_info[:2] == (3, 11)' \
+  || echo "[setup_env] note: the lock was resolved for $(sed -n 's/^# Resolved for //p' "$LOCK") and this is $("$PY_BOOT" --version 2>&1): untested"
 
 step "virtual environment: $VENV"
 if [ ! -x "$VENV/bin/python" ]; then
@@ -42,8 +54,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+INSTALL=("${PIP[@]}" install -c "$LOCK")   # every install goes through the lock
 # setuptools<70: mmcv's setup.py imports pkg_resources; wheel/ninja for the extension build.
-"${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=60,<70" wheel ninja \
+"${INSTALL[@]}" -q pip setuptools wheel ninja \
   || die "could not install pip/setuptools/wheel into the venv"
 
 installed() {  # installed <dist> <version>  -> 0 if that exact version is present
@@ -59,14 +72,14 @@ step "torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION"
 if installed torch "$TORCH_VERSION" && installed torchvision "$TORCHVISION_VERSION"; then
   echo "already installed"
 else
-  "${PIP[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "numpy<2" \
+  "${INSTALL[@]}" torch torchvision numpy \
     || die "could not install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION from PyPI"
 fi
 "$PY" -c 'import torch, torchvision; torchvision.ops.nms' \
   || die "torch/torchvision installed but torchvision's ops do not load"
 
 step "mmengine $MMENGINE_VERSION"
-"${PIP[@]}" install -q "mmengine==$MMENGINE_VERSION" "numpy<2" || die "could not install mmengine"
+"${INSTALL[@]}" -q mmengine || die "could not install mmengine"
 
 step "mmcv $MMCV_VERSION with ops (compiled against torch $TORCH_VERSION)"
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info.major}{sys.version_info.minor}")')
@@ -82,34 +95,31 @@ else
     mkdir -p "$WHEEL_DIR"
     tmp=$(mktemp -d)
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-      "${PIP[@]}" wheel --no-build-isolation --no-deps --no-cache-dir -w "$tmp" "mmcv==$MMCV_VERSION" \
+      "${PIP[@]}" wheel -c "$LOCK" --no-build-isolation --no-deps --no-cache-dir -w "$tmp" mmcv \
       || { rm -rf "$tmp"; die "mmcv $MMCV_VERSION build failed (needs gcc/g++ and python headers)"; }
     mv "$tmp"/mmcv-*.whl "$WHEEL_DIR"/ && rm -rf "$tmp"
   else
     echo "using cached wheel $(ls "$WHEEL_DIR"/mmcv-*.whl)"
   fi
-  "${PIP[@]}" install -q --force-reinstall --no-deps "$WHEEL_DIR"/mmcv-*.whl
-  "${PIP[@]}" install -q addict pyyaml yapf Pillow packaging "opencv-python<4.12" "numpy<2"
+  "${INSTALL[@]}" -q --force-reinstall --no-deps "$WHEEL_DIR"/mmcv-*.whl
+  "${INSTALL[@]}" -q addict pyyaml yapf Pillow packaging opencv-python numpy
   mmcv_ok || { rm -rf "$WHEEL_DIR"; die "mmcv installed but mmcv.ops does not import; removed the cached wheel, rerun to rebuild"; }
 fi
 
 step "mmpretrain $MMPRETRAIN_VERSION, mmsegmentation $MMSEG_VERSION, mmdet $MMDET_VERSION, tools"
-"${PIP[@]}" install -q \
-  "mmpretrain==$MMPRETRAIN_VERSION" "mmsegmentation==$MMSEG_VERSION" "mmdet==$MMDET_VERSION" \
-  ftfy regex pycocotools "numpy<2" "opencv-python<4.12" pytest \
-  || die "could not install the OpenMMLab task libraries"
-
-step "openmim 0.3.9 (mim train/test), without openxlab"
-# openmim's declared deps pull opendatalab/openxlab, which downgrade setuptools and requests
-# and are not needed by \`mim train\`/\`mim test\`: install mim alone plus what it imports.
-"${PIP[@]}" install -q --no-deps "openmim==0.3.9" \
-  && "${PIP[@]}" install -q click colorama model-index pandas rich tabulate requests \
-  || die "could not install openmim"
+# openmim: 0.3.7 (see requirements/stack.in); psutil: mmdet's benchmark tool; model-index:
+# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export.
+"${INSTALL[@]}" -q mmpretrain mmsegmentation mmdet ftfy regex pycocotools \
+  openmim pandas psutil model-index diffusers torchdiffeq onnx onnxruntime onnxscript pytest \
+  || die "could not install the OpenMMLab task libraries and tools"
 
 step "vllama_mm (editable)"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO" || die "could not install vllama_mm"
+"${INSTALL[@]}" -q --no-deps --no-build-isolation -e "$REPO" || die "could not install vllama_mm"
 
-step "check"
+step "check: the venv against the lock, pip check, imports"
+"$PY" "$REPO/tools/check_lock.py" --allow-extra \
+  || die "the venv differs from $LOCK (lines above); a package installed by hand? rerun, or recreate the venv"
+"${PIP[@]}" check || die "pip check found broken requirements (above)"
 "$PY" - <<'PYEOF' || die "the installed stack does not import"
 import torch, torchvision, mmengine, mmcv, mmcv.ops, mmpretrain, mmseg, mmdet, vllama_mm
 print(f"torch {torch.__version__} | torchvision {torchvision.__version__} | mmengine {mmengine.__version__} | "

@@ -14,3 +14,19 @@ from .registry_utils import register_modules
 register_modules(MODELS, [VisionLLaMA, PyramidVisionLLaMA, SimpleFPN, LN2d])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
 allow_mmengine_checkpoints()
+
+
+def __getattr__(name: str):
+    """``DetInferencer``: mmdet's inferencer that also accepts our model names (mmdet has no
+    API to register a model index; see vllama_mm.model_zoo). Built on first use, so training
+    runs that import this module do not import mmdet.apis."""
+    if name == 'DetInferencer':
+        from mmdet.apis import DetInferencer as Stock
+
+        from .model_zoo import ModelZooInferencerMixin
+
+        cls = type('DetInferencer', (ModelZooInferencerMixin, Stock),
+                   {'__doc__': Stock.__doc__, '__module__': __name__})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -211,17 +211,36 @@ def _init_cpu_process_group(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config):
-    """``Runner.from_cfg`` or the config's ``runner_type``, with safe checkpoint loading."""
+    """``Runner.from_cfg`` or the config's ``runner_type``, with safe checkpoint loading and
+    a readable console (per-parameter lines and dumps go to the log file only, see
+    :mod:`vllama_mm.engine.console`)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
+    from .console import log_file, quiet_console
+
+    class QuietRunner(Runner):
+        """mmengine's Runner whose console skips the records the log file keeps."""
+
+        def build_logger(self, *args, **kwargs):
+            logger = super().build_logger(*args, **kwargs)
+            quiet_console(logger)
+            return logger
+
     allow_mmengine_checkpoints()
     check_checkpoint_file(cfg.get('load_from'), 'load_from')  # [validate] missing/truncated
     if cfg.get('launcher', 'none') == 'pytorch':
         exit_with_launcher()  # no orphaned ranks when torchrun's agent dies
     _init_cpu_process_group(cfg)
     if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+        runner = QuietRunner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+        quiet_console(runner.logger)
+    path = log_file(runner.logger)
+    if path is not None:
+        runner.logger.info(f'full log (environment, config, per-parameter settings): {path}')
+    return runner
 
 
 # ---------------------------------------------------------------------------- errors

@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
+from vllama_mm.engine import convert_dit  # noqa: E402
 from vllama_mm.engine.convert import (ConversionError, convert_checkpoint,  # noqa: E402
                                       format_backbone_cfg, load_official, save_converted)
 
@@ -37,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if convert_dit.is_dit_dump_file(convert_dit.src_of(argv)):  # DiT/SiT-LLaMA dumps
+        return convert_dit.main(argv)  # options: --weights ema|model, --family dit|sit
     args = parse_args(argv)
     try:
         ckpt = load_official(args.src, unsafe=args.unsafe)

@@ -43,9 +43,10 @@ def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0) -
     """Sinusoidal embedding [B, dim] of (possibly fractional) timesteps ``t`` [B]:
     ``[cos(t f_k), sin(t f_k)]`` with ``f_k = max_period ** (-k / (dim/2))``."""
     half = dim // 2
-    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float32 as DiT
+    k = torch.arange(half, dtype=dtype, device=t.device)
     freqs = torch.exp(-math.log(max_period) * k / half)  # [half]
-    args = t.float()[:, None] * freqs[None]  # [B, half]
+    args = t.to(dtype)[:, None] * freqs[None]  # [B, half]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .progress import progress
+from .progress import progress, randn_like
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]  # (x [B,C,H,W], t [B] long) -> [B, 2C, H, W]
 
@@ -191,7 +191,7 @@ class GaussianDiffusion:
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             p = self.p_mean_variance(model_fn(x, self._map(t)), x, t)
             if i > 0:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                z = randn_like(x, generator)
                 x = p['mean'] + torch.exp(0.5 * p['log_variance']) * z
             else:
                 x = p['mean']
@@ -214,8 +214,7 @@ class GaussianDiffusion:
             sigma = eta * torch.sqrt((1 - acp) / (1 - ac)) * torch.sqrt(1 - ac / acp)
             x = x0 * torch.sqrt(acp) + torch.sqrt(1 - acp - sigma ** 2) * eps
             if i > 0 and eta > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device,
-                                            dtype=x.dtype)
+                x = x + sigma * randn_like(x, generator)
         return x
 
 

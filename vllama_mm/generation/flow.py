@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-from .progress import progress
+from .progress import progress, randn_like
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x [B,C,H,W], t [B] float) -> v
 
@@ -117,7 +117,6 @@ def sample_sde(model_fn: VelocityFn, noise: Tensor, num_steps: int = 250,
     x = noise
     for t in _progress(ts[:-1].tolist(), progress, 'SDE'):
         w = diffusion_norm * (1.0 - t)
-        dw = torch.randn(x.shape, generator=generator, device=x.device,
-                         dtype=x.dtype) * dt ** 0.5
+        dw = randn_like(x, generator) * dt ** 0.5
         x = x + drift(x, t) * dt + (2.0 * w) ** 0.5 * dw
     return x + drift(x, t_end) * last_step_size

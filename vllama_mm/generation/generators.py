@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import flow
 from .diffusion import GaussianDiffusion
+from .progress import randn_like
 from .registry import MODELS
 from .vae import LatentCodec
 
@@ -98,13 +99,12 @@ class _LatentGenerator(BaseModel):
                                  f'got {cfg["type"]!r}')
             h, w = latent_hw or net.input_size
             labels = labels.to(next(net.parameters()).device)
-            noise = torch.randn(labels.shape[0], net.in_channels, h, w, generator=generator,
-                                device=generator.device if generator else labels.device
-                                ).to(labels.device)  # [B, C, h, w]
+            noise = randn_like(torch.empty(labels.shape[0], net.in_channels, h, w,
+                                           device=labels.device), generator)  # [B, C, h, w]
             model_fn, mult = self._guided(labels, cfg_scale)
             if mult == 2:
                 noise = torch.cat([noise, noise])
-            z = self._run_sampler(model_fn, noise, cfg, progress)
+            z = self._run_sampler(model_fn, noise, cfg, progress, generator)
             return z[:labels.shape[0]]
         finally:
             net.train(was_training)
@@ -113,7 +113,8 @@ class _LatentGenerator(BaseModel):
         """Images [B, 3, H, W] in [-1, 1] for ``labels``."""
         return self.codec.decode(self.sample_latents(labels, **kwargs))
 
-    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool) -> Tensor:
+    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -148,13 +149,15 @@ class DiTGenerator(_LatentGenerator):
         return dict(loss=terms['loss'].mean(), mse=terms['mse'].detach().mean(),
                     vb=terms['vb'].detach().mean())
 
-    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool) -> Tensor:
+    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
         n = int(cfg.get('num_steps', 250))
         if cfg['type'] == 'ddpm':
             return self.diffusion.respaced(n, 'linspace').ddpm_sample(
-                model_fn, noise, progress=progress)
+                model_fn, noise, progress=progress, generator=generator)
         return self.diffusion.respaced(n, 'leading').ddim_sample(
-            model_fn, noise, eta=float(cfg.get('eta', 0.0)), progress=progress)
+            model_fn, noise, eta=float(cfg.get('eta', 0.0)), progress=progress,
+            generator=generator)
 
 
 class SiTGenerator(_LatentGenerator):
@@ -184,12 +187,13 @@ class SiTGenerator(_LatentGenerator):
         terms = flow.training_losses(lambda x, t: self.denoiser(x, t, labels), z)
         return dict(loss=terms['loss'].mean())
 
-    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool) -> Tensor:
+    def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
         kind = cfg['type']
         if kind == 'sde':
             return flow.sample_sde(model_fn, noise, num_steps=int(cfg.get('num_steps', 250)),
                                    last_step_size=float(cfg.get('last_step_size', 0.04)),
-                                   progress=progress)
+                                   progress=progress, generator=generator)
         return flow.sample_ode(model_fn, noise, method=kind,
                                num_steps=int(cfg.get('num_steps', 250)),
                                atol=float(cfg.get('atol', 1e-6)),

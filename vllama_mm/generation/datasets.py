@@ -102,16 +102,40 @@ class CachedLatents(Dataset):
         return dict(moments=m, labels=int(self.labels[i]))
 
 
+def draw_class_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [size, size, 3]: shape kind ``label % 4`` in hue ``label * golden ratio``,
+    side 40-65 % of the image, at a random place, on grey (110)."""
+    import colorsys
+
+    from PIL import ImageDraw
+    hue = (label * 0.61803398875) % 1.0
+    colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.9, 0.95))
+    img = Image.new('RGB', (size, size), (110, 110, 110))
+    draw = ImageDraw.Draw(img)
+    s = int(size * rng.uniform(0.4, 0.65))
+    x0, y0 = (int(v) for v in rng.integers(0, size - s, 2))
+    box = (x0, y0, x0 + s, y0 + s)
+    kind = label % 4
+    if kind == 0:
+        draw.ellipse(box, fill=colour)
+    elif kind == 1:
+        draw.rectangle(box, fill=colour)
+    elif kind == 2:
+        draw.polygon([(x0 + s // 2, y0), (x0 + s, y0 + s), (x0, y0 + s)], fill=colour)
+    else:
+        draw.ellipse(box, outline=colour, width=max(2, s // 4))
+    return np.asarray(img)
+
+
 class SyntheticClassImages(Dataset):
     """Generated class images held in memory (tests, the CPU demo): class k is a shape of
-    its own hue and kind at a random place on a noisy background with a distractor blob
-    (the synthetic ImageNet of vllama_mm.datasets)."""
+    its own hue and kind (disk, square, triangle, ring, ...) at a random place and size on
+    a flat grey background. Simple on purpose: a tiny denoiser learns it in minutes."""
 
     def __init__(self, num_classes: int = 4, num_per_class: int = 64, image_size: int = 32,
                  seed: int = 0, flip: bool = True):
-        from ..datasets.synthetic_imagenet import make_image
         rng = np.random.default_rng(seed)
-        self.images = [np.asarray(make_image(k, num_classes, image_size, rng))
+        self.images = [draw_class_image(k, image_size, rng)
                        for k in range(num_classes) for _ in range(num_per_class)]
         self.labels = [k for k in range(num_classes) for _ in range(num_per_class)]
         self.flip = flip

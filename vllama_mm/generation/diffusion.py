@@ -184,12 +184,15 @@ class GaussianDiffusion:
     # -- sampling ----------------------------------------------------------------------
     @torch.no_grad()
     def ddpm_sample(self, model_fn: ModelFn, noise: Tensor, progress: bool = False,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
-        """Ancestral sampling over this (respaced) process with the learned variance."""
+                    generator: Optional[torch.Generator] = None,
+                    clip_denoised: bool = False) -> Tensor:
+        """Ancestral sampling over this (respaced) process with the learned variance.
+        ``clip_denoised`` clamps the predicted x_0 to [-1, 1] (pixel space, as ADM; off
+        for latents, as DiT)."""
         x = noise
         for i in _steps(self.num_timesteps, progress, 'DDPM'):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            p = self.p_mean_variance(model_fn(x, self._map(t)), x, t)
+            p = self.p_mean_variance(model_fn(x, self._map(t)), x, t, clip=clip_denoised)
             if i > 0:
                 z = randn_like(x, generator)
                 x = p['mean'] + torch.exp(0.5 * p['log_variance']) * z
@@ -199,16 +202,20 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def ddim_sample(self, model_fn: ModelFn, noise: Tensor, eta: float = 0.0,
-                    progress: bool = False,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
+                    progress: bool = False, generator: Optional[torch.Generator] = None,
+                    clip_denoised: bool = False) -> Tensor:
         """DDIM over this (respaced) process; ``eta=0`` is deterministic. Only the eps
-        half of a learned-sigma output is used."""
+        half of a learned-sigma output is used; ``clip_denoised`` as in ddpm_sample."""
         x = noise
         for i in _steps(self.num_timesteps, progress, 'DDIM'):
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             out = model_fn(x, self._map(t))
             eps = out[:, :x.shape[1]]
             x0 = self.predict_x0(x, t, eps)
+            if clip_denoised:  # re-derive eps from the clamped x0
+                x0 = x0.clamp(-1, 1)
+                eps = (x - self._at(np.sqrt(self.alphas_cumprod), t, x) * x0) / \
+                    self._at(np.sqrt(1.0 - self.alphas_cumprod), t, x)
             ac = self._at(self.alphas_cumprod, t, x)
             acp = self._at(self.alphas_cumprod_prev, t, x)
             sigma = eta * torch.sqrt((1 - acp) / (1 - ac)) * torch.sqrt(1 - ac / acp)

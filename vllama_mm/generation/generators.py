@@ -126,7 +126,8 @@ class DiTGenerator(_LatentGenerator):
         denoiser: ``DiTLLaMA`` config (``learn_sigma=True, return_sigma=True``).
         vae: :class:`LatentCodec` kwargs (``kind='sd', path=...``; default identity).
         num_timesteps: training diffusion steps (1000).
-        sampler: ``dict(type='ddpm'|'ddim', num_steps=250, eta=0.0)``.
+        sampler: ``dict(type='ddpm'|'ddim', num_steps=250, eta=0.0,
+            clip_denoised=False)`` (clip the predicted x_0 only in pixel space).
     """
 
     default_sampler = 'ddpm'
@@ -154,10 +155,11 @@ class DiTGenerator(_LatentGenerator):
         n = int(cfg.get('num_steps', 250))
         if cfg['type'] == 'ddpm':
             return self.diffusion.respaced(n, 'linspace').ddpm_sample(
-                model_fn, noise, progress=progress, generator=generator)
+                model_fn, noise, progress=progress, generator=generator,
+                clip_denoised=bool(cfg.get('clip_denoised', False)))
         return self.diffusion.respaced(n, 'leading').ddim_sample(
             model_fn, noise, eta=float(cfg.get('eta', 0.0)), progress=progress,
-            generator=generator)
+            generator=generator, clip_denoised=bool(cfg.get('clip_denoised', False)))
 
 
 class SiTGenerator(_LatentGenerator):

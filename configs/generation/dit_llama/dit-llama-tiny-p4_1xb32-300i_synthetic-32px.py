@@ -8,7 +8,7 @@ model = dict(
                   patch_size=4,
                   in_channels=3, input_size=32, num_classes=num_classes),
     vae=dict(_delete_=True, kind='identity'),
-    sampler=dict(num_steps=100))
+    sampler=dict(num_steps=100, clip_denoised=True))  # pixel space: clip x_0 as ADM
 train_dataloader = dict(
     batch_size=32,
     num_workers=0,

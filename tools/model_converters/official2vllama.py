@@ -10,7 +10,9 @@ its layout is detected. DST gets ``{'state_dict': ..., 'meta': {'vllama_mm': ...
 with ``backbone.``-prefixed keys (plus ``head.fc.*`` or the MAE ``neck.*``/``head.*``).
 The backbone config that loads it (arch preset or custom dict and the options that
 reproduce the official computation) is printed and stored in ``meta['vllama_mm']``.
-See docs/checkpoints.md.
+See docs/checkpoints.md. DiT-LLaMA / SiT-LLaMA training dumps are detected first and
+converted by vllama_mm.engine.convert_dit (extra options ``--weights ema|model``,
+``--family dit|sit``, ``--num-heads``; see docs/generation.md).
 """
 import argparse
 import os.path as osp
@@ -39,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if convert_dit.is_dit_dump_file(convert_dit.src_of(argv)):  # DiT/SiT-LLaMA dumps
+    if convert_dit.is_dit_dump_file(convert_dit.src_of(argv), '--unsafe' in argv):  # DiT/SiT
         return convert_dit.main(argv)  # options: --weights ema|model, --family dit|sit
     args = parse_args(argv)
     try:

@@ -208,12 +208,13 @@ def src_of(argv: Sequence[str]) -> Optional[str]:
     return next((a for a in argv if not a.startswith('-') and osp.isfile(a)), None)
 
 
-def is_dit_dump_file(path: Optional[str]) -> bool:
-    """Cheap check (mmap, safe loading) used by official2vllama.py to dispatch here."""
+def is_dit_dump_file(path: Optional[str], unsafe: bool = False) -> bool:
+    """Cheap check (mmap; safe loading unless ``unsafe``) used by official2vllama.py to
+    dispatch here."""
     if not path:
         return False
     try:
-        return is_dit_dump(load_dump(path))
+        return is_dit_dump(load_dump(path, unsafe=unsafe))
     except Exception:  # not ours: the generic converter reports the problem
         return False
 

@@ -58,6 +58,7 @@ class ClassImageFolder(Dataset):
         self.root = osp.join(data_root, data_prefix) if data_prefix else data_root
         self.items, self.classes = list_class_folder(self.root)
         self.image_size, self.flip = image_size, flip
+        self.metainfo = dict(classes=tuple(self.classes))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,6 +93,9 @@ class CachedLatents(Dataset):
             raise ValueError(f'{data_root}: {len(self.moments)} latents but '
                              f'{len(self.labels)} labels')
         self.flip = flip
+        names = osp.join(data_root, 'classes.txt')
+        classes = open(names).read().split() if osp.isfile(names) else []
+        self.metainfo = dict(classes=tuple(classes))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -139,6 +143,7 @@ class SyntheticClassImages(Dataset):
                        for k in range(num_classes) for _ in range(num_per_class)]
         self.labels = [k for k in range(num_classes) for _ in range(num_per_class)]
         self.flip = flip
+        self.metainfo = dict(classes=tuple(f'class_{k}' for k in range(num_classes)))
 
     def __len__(self) -> int:
         return len(self.labels)

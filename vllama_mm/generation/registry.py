@@ -15,6 +15,9 @@ _NAMES = ('RUNNERS', 'RUNNER_CONSTRUCTORS', 'LOOPS', 'HOOKS', 'STRATEGIES', 'DAT
           'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS')
 
 
+__all__ = list(_NAMES)
+
+
 def _child(name: str) -> Registry:
     parent = getattr(_root, name)
     existing = parent.children.get(SCOPE)

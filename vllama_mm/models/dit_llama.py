@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .attention import RoPEAttention, check_heads
+from .attention import RoPEAttention
 from .blocks import SwiGLU, swiglu_hidden
 from .rope import RoPE2D
 
@@ -187,7 +187,13 @@ class DiTLLaMA(BaseModule):
             raise ValueError(f'class_dropout_prob must be in [0, 1), got {class_dropout_prob}')
         if not isinstance(patch_size, int) or patch_size <= 0:
             raise ValueError(f'patch_size must be a positive int, got {patch_size!r}')
-        head_dim = check_heads(dim, heads)
+        for key, v in (('embed_dims', dim), ('num_layers', depth), ('num_heads', heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f'DiTLLaMA: {key} must be a positive int, got {v!r}')
+        if dim % heads or (dim // heads) % 4:
+            raise ValueError(f'DiTLLaMA: embed_dims {dim} / num_heads {heads} must give a '
+                             'head dim divisible by 4 (2D RoPE)')
+        head_dim = dim // heads
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if size[0] % patch_size or size[1] % patch_size:
             raise ValueError(f'input_size {size} is not divisible by patch_size {patch_size}')

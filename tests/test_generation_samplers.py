@@ -36,8 +36,11 @@ def test_ode_fixed_step_is_the_exact_gaussian_flow(method, steps, tol):
 def test_ode_dopri5_is_the_exact_gaussian_flow():
     pytest.importorskip('torchdiffeq')
     x0 = torch.linspace(-3, 3, 16, dtype=torch.float64).view(4, 1, 2, 2)
-    x1 = sample_ode(lambda x, t: exact_velocity(x, t).double(), x0, method='dopri5')
-    assert torch.allclose(x1, MU + S * x0, atol=1e-3)
+    fn = lambda x, t: exact_velocity(x, t).double()  # noqa: E731
+    x1 = sample_ode(fn, x0, method='dopri5')  # the authors' tolerances: atol 1e-6, rtol 1e-3
+    assert torch.allclose(x1, MU + S * x0, atol=1e-2)
+    x1 = sample_ode(fn, x0, method='dopri5', atol=1e-9, rtol=1e-7)
+    assert torch.allclose(x1, MU + S * x0, atol=1e-5)
 
 
 def test_sde_euler_maruyama_reaches_the_data_distribution():

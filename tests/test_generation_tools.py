@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DIT = str(ROOT / 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-300i_synthetic-32px.py')
+TINY_DIT = str(ROOT / 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py')
 TINY_SIT = str(ROOT / 'configs/generation/sit_llama/sit-llama-tiny-p4_1xb32-300i_synthetic-32px.py')
 
 

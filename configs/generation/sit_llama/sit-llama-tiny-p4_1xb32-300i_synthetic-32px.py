@@ -1,4 +1,4 @@
-# Tiny SIT-LLaMA on generated class images in pixel space (no VAE download): the CPU
+# Tiny SiT-LLaMA on generated class images in pixel space (no VAE download): the CPU
 # demo of docs/generation.md and the Runner test. 4 classes, 32x32 RGB, patch 4 (64 tokens).
 _base_ = ['../_base_/models/sit_llama.py', '../_base_/default_runtime.py']
 

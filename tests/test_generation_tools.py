@@ -135,3 +135,24 @@ def test_extract_latents_and_cached_dataset(tmp_path):
     os.remove(out / 'complete')
     with pytest.raises(FileNotFoundError, match='unfinished'):
         CachedLatents(str(out))
+
+
+def test_load_generator_weights_choice_and_family_check(tmp_path):
+    from vllama_mm.generation.apis import build_generator, load_generator
+    model, _ = build_generator(TINY_DIT)
+    sd = model.state_dict()
+    raw = {f'module.{k}': v + 1 for k, v in sd.items()}
+    raw['steps'] = torch.tensor(3)
+    path = tmp_path / 'c.pth'
+    torch.save({'state_dict': sd, 'ema_state_dict': raw, 'meta': {}}, path)
+    k = 'denoiser.x_embedder.proj.bias'
+    ema, _ = load_generator(TINY_DIT, str(path))
+    assert torch.equal(ema.state_dict()[k], sd[k])
+    trained, _ = load_generator(TINY_DIT, str(path), weights='raw')
+    assert torch.equal(trained.state_dict()[k], sd[k] + 1)
+    torch.save({'state_dict': sd, 'meta': {'vllama_mm': {'format': 'sit-llama'}}}, path)
+    with pytest.raises(ValueError, match='SiTGenerator config'):
+        load_generator(TINY_DIT, str(path))
+    torch.save({'state_dict': sd}, path)
+    with pytest.raises(ValueError, match='does not fit'):  # another depth
+        load_generator(TINY_DIT, str(path), cfg_options={'model.denoiser.arch.num_layers': 2})

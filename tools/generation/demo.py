@@ -6,7 +6,7 @@ of each, and measure how often a sample is nearest (L2) to its own class's mean 
 Runs the tiny configs of configs/generation through mmengine's Runner (as tools/train.py),
 then samples the EMA weights of the last checkpoint (DDPM 100 steps / SDE 100 steps) with
 classifier-free guidance 4 (the grid) and without (1.0). Chance is 1 / number of classes.
-About three minutes in all on two CPU cores.
+About four minutes in all on two idle CPU cores.
 """
 import argparse
 import os

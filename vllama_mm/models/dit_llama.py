@@ -21,7 +21,6 @@ import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 

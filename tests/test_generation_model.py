@@ -154,3 +154,28 @@ def test_tiny_vae_roundtrip_shapes():
     m = codec.moments(x)
     assert m.shape == (2, 8, 8, 8) and codec.latent_shape((16, 16)) == (4, 8, 8)
     assert codec.decode(codec.encode(x)).shape == x.shape
+
+
+def test_generator_with_the_tiny_vae():
+    pytest.importorskip('diffusers')
+    import vllama_mm.generation  # noqa: F401
+    from vllama_mm.generation import DiTGenerator
+    model = DiTGenerator(
+        dict(type='DiTLLaMA', arch=dict(TINY), patch_size=2, in_channels=4, input_size=8,
+             num_classes=5), vae=dict(kind='tiny'), sampler=dict(num_steps=3))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.latents(inputs=images)
+    assert z.shape == (2, 4, 8, 8)
+    assert model(inputs=images, labels=torch.tensor([1, 2]))['loss'].requires_grad
+    assert all(k.startswith('denoiser.') for k in model.state_dict())  # VAE not saved
+    out = model.sample(torch.tensor([0]), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 16, 16)
+
+
+def test_vae_path_errors():
+    from vllama_mm.generation.vae import LatentCodec, _looks_local
+    with pytest.raises(FileNotFoundError, match='VAE directory not found'):
+        LatentCodec(kind='sd', path='/no/such/sd-vae')
+    assert not _looks_local('stabilityai/sd-vae-ft-ema') and _looks_local('./models/vae')
+    with pytest.raises(ValueError, match='VAE kind'):
+        LatentCodec(kind='vqgan')

@@ -29,6 +29,13 @@ def _autoencoder_kl():
     return AutoencoderKL
 
 
+def _looks_local(path: str) -> bool:
+    """A filesystem path (absolute, ./, ../, ~ or existing) rather than a hub id
+    ``owner/name``."""
+    return osp.isabs(path) or path.startswith(('.', '~')) or osp.exists(path) or \
+        path.count('/') > 1
+
+
 class LatentCodec:
     """Frozen VAE (or identity) mapping images [B, 3, H, W] in [-1, 1] to latents.
 
@@ -49,11 +56,12 @@ class LatentCodec:
             self.scaling = 1.0 if scaling is None else scaling
             self.channels, self.factor = 3, 1
             return
+        if kind == 'sd' and _looks_local(path) and not osp.isdir(path):
+            raise FileNotFoundError(f'VAE directory not found: {path} (give a local '
+                                    'diffusers AutoencoderKL folder or a hub id such as '
+                                    'stabilityai/sd-vae-ft-ema)')
         AutoencoderKL = _autoencoder_kl()
         if kind == 'sd':
-            if osp.sep in path and not osp.isdir(path):
-                raise FileNotFoundError(f'VAE directory not found: {path} (give a local '
-                                        'diffusers AutoencoderKL folder or a hub id)')
             self.vae = AutoencoderKL.from_pretrained(path)
         else:
             with torch.random.fork_rng():

@@ -19,7 +19,9 @@ from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
+# configs/generation (vllama_mm's own scope) are checked by tests/test_generation_configs.py
+CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py')
+                 if '_base_' not in p.parts and 'generation' not in p.parts)
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
 
 # Parameter counts of the paper-size classifiers (DESIGN.md §2.3, §2.4: the official code's

@@ -12,7 +12,9 @@ model's weights (an mmpretrain ViT, a Twins, ...), is named as such and not conv
 with ``backbone.``-prefixed keys (plus ``head.fc.*`` or the MAE ``neck.*``/``head.*``).
 The backbone config that loads it (arch preset or custom dict and the options that
 reproduce the official computation) is printed and stored in ``meta['vllama_mm']``.
-See docs/checkpoints.md.
+See docs/checkpoints.md. DiT-LLaMA / SiT-LLaMA training dumps are detected first and
+converted by vllama_mm.engine.convert_dit (extra options ``--weights ema|model``,
+``--family dit|sit``, ``--num-heads``; see docs/generation.md).
 """
 import argparse
 import os.path as osp
@@ -20,6 +22,7 @@ import sys
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 
+from vllama_mm.engine import convert_dit  # noqa: E402
 from vllama_mm.engine.convert import (ROPE_CHOICES, ConversionError,  # noqa: E402
                                       convert_checkpoint, format_backbone_cfg, load_official,
                                       save_converted)
@@ -45,10 +48,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if osp.exists(args.dst) and osp.samefile(args.src, args.dst):
-        print(f'error: DST {args.dst} is SRC; choose another output file', file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    files = [a for a in argv if not a.startswith('-')]
+    if len(files) >= 2 and osp.exists(files[1]) and osp.exists(files[0]) \
+            and osp.samefile(files[0], files[1]):
+        print(f'error: DST {files[1]} is SRC; choose another output file', file=sys.stderr)
         return 1
+    if convert_dit.is_dit_dump_file(convert_dit.src_of(argv), '--unsafe' in argv):  # DiT/SiT
+        return convert_dit.main(argv)  # options: --weights ema|model, --family dit|sit
+    args = parse_args(argv)
     try:
         ckpt = load_official(args.src, unsafe=args.unsafe)
         conv = convert_checkpoint(ckpt, head_dim=args.head_dim, rope=args.rope)

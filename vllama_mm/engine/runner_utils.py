@@ -1,6 +1,7 @@
 """Config preparation and Runner construction shared by tools/train.py and tools/test.py.
 
-The library is picked from the config's ``default_scope`` (mmpretrain / mmseg / mmdet):
+The library is picked from the config's ``default_scope`` (mmpretrain / mmseg / mmdet, or
+vllama_mm for the generation configs):
 its vllama_mm registration module is imported, so configs work with or without
 ``custom_imports``.
 """
@@ -19,16 +20,19 @@ from .checkpoint import allow_mmengine_checkpoints
 from .validate import (ConfigError, check_cfg_options, check_checkpoint_file, validate_cfg,
                        warn_config_variables)
 
-SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
+SCOPES = ('mmpretrain', 'mmseg', 'mmdet', 'vllama_mm')
+# registration module per scope; 'vllama_mm' is the plugin's own scope (generation)
+_PLUGIN_MODULES = {'vllama_mm': 'vllama_mm.generation'}
 
 
 def import_plugin(cfg: Config) -> str:
-    """Import ``vllama_mm.<default_scope>``; returns the scope."""
+    """Import ``vllama_mm.<default_scope>`` (``vllama_mm.generation`` for the plugin's own
+    scope ``vllama_mm``); returns the scope."""
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
         raise ValueError(f'config default_scope must be one of {SCOPES} '
                          f'(set by inheriting a library base), got {scope!r}')
-    importlib.import_module(f'vllama_mm.{scope}')
+    importlib.import_module(_PLUGIN_MODULES.get(scope, f'vllama_mm.{scope}'))
     return scope
 
 

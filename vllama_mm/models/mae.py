@@ -1,4 +1,4 @@
-"""Masked-autoencoder encoder on the plain VisionLLaMA (DESIGN.md §2.5).
+"""Masked-autoencoder encoder on the plain VisionLLaMA (docs/design.md).
 
 Drop-in for mmpretrain's ``MAEViT`` inside the stock ``MAE`` algorithm with its
 ``MAEPretrainDecoder`` neck and ``MAEPretrainHead``: ``forward(x, mask=True)`` returns
@@ -17,6 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .backbone_utils import is_pretrained, run_block
 from .vision_llama import VisionLLaMA
 
 
@@ -43,11 +44,8 @@ class VisionLLaMAMAE(VisionLLaMA):
 
     def init_weights(self) -> None:
         super().init_weights()
-        if self.with_cls_token and not self._is_pretrained():
+        if self.with_cls_token and not is_pretrained(self.init_cfg):
             torch.nn.init.normal_(self.cls_token, std=0.02)  # as mmpretrain's MAEViT
-
-    def _is_pretrained(self) -> bool:
-        return isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
 
     def random_masking(self, x: Tensor, mask_ratio: float
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -75,7 +73,7 @@ class VisionLLaMAMAE(VisionLLaMA):
         """Blocks on patch tokens [B, n, C], then class token (if any), then final norm."""
         tokens = self.drop_after_pos(tokens)
         for layer in self.layers:
-            tokens = layer(tokens, hw, table)
+            tokens = run_block(layer, tokens, hw, table, with_cp=self.with_cp)
         if self.with_cls_token:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         if self.final_norm:
@@ -90,6 +88,6 @@ class VisionLLaMAMAE(VisionLLaMA):
         if mask is None or mask is False:
             return (self._format_output(self._encode(tokens, hw, table), hw), )
         tokens, mask_map, ids_restore, ids_keep = self.random_masking(tokens, self.mask_ratio)
-        if table is not None:
-            table = table.select(ids_keep)  # [B, N_keep, Hc]
+        if table is not None:  # each kept token keeps its position: [B, N_keep, Hc]
+            table = (table[0][ids_keep], table[1][ids_keep])
         return self._encode(tokens, hw, table), mask_map, ids_restore

@@ -1,4 +1,4 @@
-"""Pyramid VisionLLaMA: the Twins-SVT layout with RoPE/SwiGLU blocks (DESIGN.md §2.4).
+"""Pyramid VisionLLaMA: the Twins-SVT layout with RoPE/SwiGLU blocks (docs/design.md).
 
 Four stages; each starts with a Conv(k=s=4, then 2) + LN patch embedding and alternates
 locally-grouped attention (LSA: 7×7 windows, window-local RoPE) with global
@@ -10,15 +10,15 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .attention import check_heads
 from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
-from .rope import RoPE2D, RopeTable, _pair, grid_positions
-from .vision_llama import _init_module, check_checkpoint_shapes, check_rates, resolve_arch
+from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
+                             resolve_arch, resolve_out_indices, run_block)
+from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
 HEAD_DIM = 32
@@ -271,19 +271,7 @@ class PyramidVisionLLaMA(BaseModule):
     def _resolve_out_indices(out_indices, out_type: str) -> List[int]:
         if out_indices is None:
             out_indices = (0, 1, 2, 3) if out_type == 'featmap' else (NUM_STAGES - 1,)
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence):
-            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
-        if isinstance(out_indices, str) or not out_indices or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
-        result = []
-        for i in out_indices:
-            j = i + NUM_STAGES if i < 0 else i
-            if not 0 <= j < NUM_STAGES:
-                raise ValueError(f'out_indices {i} is out of range for {NUM_STAGES} stages')
-            result.append(j)
+        result = resolve_out_indices(out_indices, NUM_STAGES, 'stages')
         if out_type == 'avg_featmap' and result != [NUM_STAGES - 1]:
             raise ValueError('out_type="avg_featmap" pools the last stage only; '
                              f'out_indices must be (3,), got {tuple(out_indices)}')
@@ -291,9 +279,8 @@ class PyramidVisionLLaMA(BaseModule):
 
     # ------------------------------------------------------------------ init / loading
     def init_weights(self) -> None:
-        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
-        if not pretrained:
-            self.apply(_init_module)  # layer-scale weights keep their init value
+        if not is_pretrained(self.init_cfg):
+            self.apply(init_module)  # layer-scale weights keep their init value
         super().init_weights()
 
     def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -358,7 +345,7 @@ class PyramidVisionLLaMA(BaseModule):
         return grid_positions(hk, wk, scale, offset=(o, o), stride=(sr, sr), row_length=hw[1])
 
     def rope_tables(self, stage: int, hw: Tuple[int, int], device: torch.device
-                    ) -> Tuple[Optional[RopeTable], Optional[RopeTable], Optional[RopeTable]]:
+                    ) -> Tuple[Optional[Table], Optional[Table], Optional[Table]]:
         """(LSA window table, GSA query table, GSA key table or None) for one stage grid.
 
         All three are cached inside the stage's :class:`RoPE2D` and shared by its blocks.
@@ -378,13 +365,6 @@ class PyramidVisionLLaMA(BaseModule):
         return lsa, gsa_q, gsa_k
 
     # ------------------------------------------------------------------ forward
-    def _run_block(self, blk: VisionLLaMABlock, x: Tensor, hw: Tuple[int, int],
-                   table: Optional[RopeTable], table_k: Optional[RopeTable]) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return torch.utils.checkpoint.checkpoint(blk, x, hw, table, table_k,
-                                                     use_reentrant=False)
-        return blk(x, hw, table, table_k)
-
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Images [B, C_in, H, W] -> tuple of [B, C_s, H_s, W_s] maps or ([B, C_4],)."""
         outs = []
@@ -394,9 +374,9 @@ class PyramidVisionLLaMA(BaseModule):
             lsa, gsa_q, gsa_k = self.rope_tables(s, hw, x.device)
             for j, blk in enumerate(self.stages[s]):
                 if j % 2 == 0:
-                    x = self._run_block(blk, x, hw, lsa, None)
+                    x = run_block(blk, x, hw, lsa, None, with_cp=self.with_cp)
                 else:
-                    x = self._run_block(blk, x, hw, gsa_q, gsa_k)
+                    x = run_block(blk, x, hw, gsa_q, gsa_k, with_cp=self.with_cp)
             C = x.shape[-1]
             if self.out_type == 'featmap':
                 if s in self.out_indices:

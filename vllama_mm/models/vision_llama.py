@@ -1,14 +1,14 @@
 """Plain (ViT-like) VisionLLaMA backbone, with optional ViTDet-style window attention."""
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .attention import check_heads
+from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
+                             resolve_arch, resolve_out_indices, run_block)
 from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
 
@@ -18,60 +18,6 @@ def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn_ratio: float = 8
     return dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
                 feedforward_channels=swiglu_hidden(embed_dims, ffn_ratio),
                 layer_scale_init=layer_scale_init, ffn_bias=ffn_bias)
-
-
-def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequence[str],
-                 defaults: Dict, owner: str) -> Dict:
-    """Arch preset name or custom dict -> full arch dict, with errors that name the problem."""
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key not in zoo:
-            raise ValueError(f'{owner}: unknown arch {arch!r}; choose one of '
-                             f'{sorted(zoo)} or pass a dict with keys {sorted(essential)}')
-        return copy.deepcopy(zoo[key])
-    if not isinstance(arch, dict):
-        raise TypeError(f'{owner}: arch must be a str or dict, got {type(arch).__name__}')
-    missing = set(essential) - set(arch)
-    if missing:
-        raise ValueError(f'{owner}: custom arch is missing keys {sorted(missing)} '
-                         f'(needs {sorted(essential)})')
-    unknown = set(arch) - set(essential) - set(defaults)
-    if unknown:
-        raise ValueError(f'{owner}: custom arch has unknown keys {sorted(unknown)}; '
-                         f'allowed: {sorted(set(essential) | set(defaults))}')
-    full = copy.deepcopy(defaults)
-    full.update(arch)
-    return full
-
-
-def check_rates(**rates: float) -> None:
-    """Dropout / drop-path probabilities must lie in [0, 1)."""
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f'{name} must be in [0, 1), got {p}')
-
-
-def check_checkpoint_shapes(module: nn.Module, state_dict: Dict[str, Tensor],
-                            prefix: str) -> None:
-    """Raise ValueError when checkpoint tensors under ``prefix`` have other shapes here.
-
-    mmengine's ``Pretrained`` init loads with ``strict=False`` and only logs a warning on
-    size mismatches, leaving those parameters at their random init: a checkpoint of
-    another arch would silently train from scratch. Called from the load pre-hooks.
-    """
-    own = module.state_dict()
-    bad = []
-    for key, value in state_dict.items():
-        name = key[len(prefix):]
-        if key.startswith(prefix) and name in own and hasattr(value, 'shape') \
-                and tuple(value.shape) != tuple(own[name].shape):
-            bad.append(f'{name} {tuple(value.shape)} in the checkpoint vs '
-                       f'{tuple(own[name].shape)} here')
-    if bad:
-        raise ValueError(f'{type(module).__name__}: checkpoint does not fit this arch, '
-                         f'{len(bad)} tensors differ in shape ({"; ".join(bad[:3])}'
-                         f'{"; ..." if len(bad) > 3 else ""}); check `arch` against the '
-                         'checkpoint (or convert it first)')
 
 
 class VisionLLaMA(BaseModule):
@@ -197,20 +143,7 @@ class VisionLLaMA(BaseModule):
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
 
-        # out_indices -> non-negative, validated
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence):
-            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
-        if isinstance(out_indices, str) or not out_indices or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
-        self.out_indices = []
-        for i in out_indices:
-            j = i + self.num_layers if i < 0 else i
-            if not 0 <= j < self.num_layers:
-                raise ValueError(f'out_indices {i} is out of range for {self.num_layers} layers')
-            self.out_indices.append(j)
+        self.out_indices = resolve_out_indices(out_indices, self.num_layers, 'layers')
 
         # windows (ViTDet)
         if window_size < 0:
@@ -260,9 +193,8 @@ class VisionLLaMA(BaseModule):
 
     # ------------------------------------------------------------------ init / loading
     def init_weights(self) -> None:
-        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
-        if not pretrained:
-            self.apply(_init_module)
+        if not is_pretrained(self.init_cfg):
+            self.apply(init_module)
             if self.with_cls_token:
                 nn.init.trunc_normal_(self.cls_token, std=0.02)
         super().init_weights()
@@ -332,10 +264,7 @@ class VisionLLaMA(BaseModule):
         outs = []
         for i, layer in enumerate(self.layers):
             table = win if layer.window_size > 0 else glob
-            if self.with_cp and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(layer, x, hw, table, use_reentrant=False)
-            else:
-                x = layer(x, hw, table)
+            x = run_block(layer, x, hw, table, with_cp=self.with_cp)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in out_indices:
@@ -377,18 +306,3 @@ class VisionLLaMA(BaseModule):
             depth = num_layers - 1
         return depth, num_layers
 
-
-def _init_module(m: nn.Module) -> None:
-    """Default init: trunc-normal(0.02) linears, zero biases, conv like a linear layer."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        w = m.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)

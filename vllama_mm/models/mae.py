@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .backbone_utils import is_pretrained, run_block
+from .rope import gather_tokens
 from .vision_llama import VisionLLaMA
 
 
@@ -36,6 +37,9 @@ class VisionLLaMAMAE(VisionLLaMA):
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         if kwargs.get('window_size', 0):
             raise ValueError('VisionLLaMAMAE does not support window attention')
+        if kwargs.get('abs_pos_embed') is not None:
+            raise ValueError('VisionLLaMAMAE does not support abs_pos_embed (the released '
+                             'MAE encoder has RoPE only); set abs_pos_embed=None')
         super().__init__(arch=arch, out_type=out_type, **kwargs)
         self.mask_ratio = mask_ratio
         if self.out_indices != [self.num_layers - 1]:
@@ -88,6 +92,5 @@ class VisionLLaMAMAE(VisionLLaMA):
         if mask is None or mask is False:
             return (self._format_output(self._encode(tokens, hw, table), hw), )
         tokens, mask_map, ids_restore, ids_keep = self.random_masking(tokens, self.mask_ratio)
-        if table is not None:  # each kept token keeps its position: [B, N_keep, Hc]
-            table = (table[0][ids_keep], table[1][ids_keep])
+        table = gather_tokens(table, ids_keep)  # kept tokens keep their positions
         return self._encode(tokens, hw, table), mask_map, ids_restore

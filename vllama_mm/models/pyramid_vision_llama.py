@@ -15,7 +15,8 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .attention import check_heads
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .blocks import (PEG, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm, check_choice,
+                     mlp_hidden, rope_rotary_dim, swiglu_hidden)
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block)
 from .rope import RoPE2D, Table, _pair, grid_positions
@@ -69,7 +70,7 @@ class PyramidVisionLLaMA(BaseModule):
             a number: that scale on both axes (``1.0`` = official classification).
             Official weights: classification ``rope_compat='official', rope_scale=1.0``;
             seg/det ``rope_compat='official', rope_scale='official'``.
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'`` or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'`` or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
             stages halve it, rounding up).
@@ -82,6 +83,17 @@ class PyramidVisionLLaMA(BaseModule):
             ``train()``. -1 or 0 freezes nothing.
         with_cp: activation checkpointing per block.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+        mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
+            ablations (11a, 11g, 11b, 11d; ``'ntk_fixed'``), as in :class:`VisionLLaMA`;
+            ``norm_type`` covers the block norms and the output norms (``norm``,
+            ``norms``), not the patch-embedding and GSA sub-sampling LNs (as the
+            authors' code).
+        abs_pos_embed: None (default) or ``'learnable'``: a learnable absolute
+            position embedding ``pos_embeds.{s}`` per stage, added after the stage's
+            patch embedding (PVT style; ablation 11f). The authors' released pyramid
+            code builds but never adds its ``pos_embed``; this is our reading.
+        use_peg: a PEG (``pegs.{s}``: depth-wise 3×3 conv, ``x + conv(x)``) after the
+            first block of each stage (the authors' ``use_peg``, ablation 11f).
 
     Parameter names (what a converter maps the official ``model`` dict onto):
 
@@ -118,7 +130,7 @@ class PyramidVisionLLaMA(BaseModule):
     arch_defaults = dict(num_heads=None, sr_ratios=[8, 4, 2, 1], feedforward_channels=None,
                          layer_scale_init=1e-4, ffn_bias=False)
     OUT_TYPES = ('featmap', 'avg_featmap')
-    ROPE_TYPES = ('as2d', '2d', 'ntk', 'none')
+    ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'none')
     ROPE_COMPAT = ('correct', 'official')
     GSA_POOL = ('pad', 'floor')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
@@ -145,6 +157,13 @@ class PyramidVisionLLaMA(BaseModule):
                  norm_eps: float = 1e-5,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 mlp_type: str = 'swiglu',
+                 norm_type: str = 'ln',
+                 rope_ratio: float = 1.0,
+                 rope_shared: bool = True,
+                 rope_ntk_factor: float = 2.0,
+                 abs_pos_embed: Optional[str] = None,
+                 use_peg: bool = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         a = self._resolve_arch(arch)
@@ -153,7 +172,16 @@ class PyramidVisionLLaMA(BaseModule):
         self.depths: List[int] = a['depths']
         self.num_heads: List[int] = a['num_heads']
         self.sr_ratios: List[int] = a['sr_ratios']
-        ffn_hidden: List[int] = a['feedforward_channels']
+        ffn_hidden: List[int] = [mlp_hidden(mlp_type, d, h) for d, h in
+                                 zip(self.embed_dims, a['feedforward_channels'])]
+        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
+        check_choice('abs_pos_embed', abs_pos_embed, (None, 'learnable'))
+        for name, flag in (('rope_shared', rope_shared), ('use_peg', use_peg)):
+            if not isinstance(flag, bool):
+                raise ValueError(f'{name} must be True or False, got {flag!r}')
+        rotary_dim = rope_rotary_dim(rope_ratio, HEAD_DIM)
+        self.abs_pos_embed = abs_pos_embed
+        self.use_peg = use_peg
 
         # -- options ---------------------------------------------------------------
         for name, value, allowed in (('out_type', out_type, self.OUT_TYPES),
@@ -186,8 +214,12 @@ class PyramidVisionLLaMA(BaseModule):
         anchor = _pair(rope_anchor) if rope_anchor is not None else \
             tuple(math.ceil(s / 4) for s in self.img_size)
         self.ropes = nn.ModuleList()
-        for _ in range(NUM_STAGES):
-            self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta))
+        stage_grids = []
+        for s in range(NUM_STAGES):
+            self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta,
+                                     rotary_dim=rotary_dim, num_heads=self.num_heads[s],
+                                     shared=rope_shared, ntk_factor=rope_ntk_factor))
+            stage_grids.append(anchor)
             anchor = tuple(math.ceil(s / 2) for s in anchor)
 
         # -- stages ------------------------------------------------------------------
@@ -211,20 +243,26 @@ class PyramidVisionLLaMA(BaseModule):
                     drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if lsa else 0,
                     window_pad_mask=self.window_pad_mask,
-                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=gsa_pool == 'pad')
+                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=gsa_pool == 'pad',
+                    mlp_type=mlp_type, norm_type=norm_type)
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]
         self.with_cp = with_cp
+        if abs_pos_embed is not None:  # [1, H_s*W_s, C_s] at the stage's pre-training grid
+            self.pos_embeds = nn.ModuleList(
+                AbsPosEmbed(abs_pos_embed, d, g) for d, g in zip(self.embed_dims, stage_grids))
+        if use_peg:
+            self.pegs = nn.ModuleList(PEG(d) for d in self.embed_dims)
 
         # -- output norms --------------------------------------------------------------
         if out_type == 'featmap':
             # ModuleDict keyed '0'..'3': same names as a ModuleList, only returned stages
             self.norms = nn.ModuleDict({
-                str(s): nn.LayerNorm(self.embed_dims[s], eps=norm_eps)
+                str(s): build_norm(norm_type, self.embed_dims[s], norm_eps)
                 for s in self.out_indices})
         else:
-            self.norm = nn.LayerNorm(self.embed_dims[-1], eps=norm_eps)
+            self.norm = build_norm(norm_type, self.embed_dims[-1], norm_eps)
 
         if not -1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
@@ -298,6 +336,7 @@ class PyramidVisionLLaMA(BaseModule):
     def _freeze_stages(self) -> None:
         for s in range(max(self.frozen_stages, 0)):
             modules = [self.patch_embeds[s], self.stages[s]]
+            modules += [getattr(self, n)[s] for n in ('pos_embeds', 'pegs') if hasattr(self, n)]
             if self.out_type == 'featmap' and str(s) in self.norms:
                 modules.append(self.norms[str(s)])
             if s == NUM_STAGES - 1 and hasattr(self, 'norm'):
@@ -353,7 +392,7 @@ class PyramidVisionLLaMA(BaseModule):
         """
         rope = self.ropes[stage]
         ws = self.window_size
-        lsa = rope.grid(ws, ws, device, scale=(1.0, 1.0))  # window-local 0..ws-1
+        lsa = rope.grid(ws, ws, device, local=True)  # window-local 0..ws-1
         scale = self.gsa_scale(stage, hw)
         gsa_q = rope.grid(hw[0], hw[1], device, scale=scale)
         sr = self.sr_ratios[stage]
@@ -371,12 +410,16 @@ class PyramidVisionLLaMA(BaseModule):
         B = x.shape[0]
         for s in range(NUM_STAGES):
             x, hw = self.patch_embeds[s](x)  # [B, H_s*W_s, C_s], row-major
+            if self.abs_pos_embed is not None:
+                x = self.pos_embeds[s](x, hw)
             lsa, gsa_q, gsa_k = self.rope_tables(s, hw, x.device)
             for j, blk in enumerate(self.stages[s]):
                 if j % 2 == 0:
                     x = run_block(blk, x, hw, lsa, None, with_cp=self.with_cp)
                 else:
                     x = run_block(blk, x, hw, gsa_q, gsa_k, with_cp=self.with_cp)
+                if j == 0 and self.use_peg:
+                    x = self.pegs[s](x, hw)  # [B, H_s*W_s, C_s]
             C = x.shape[-1]
             if self.out_type == 'featmap':
                 if s in self.out_indices:
@@ -405,8 +448,10 @@ class PyramidVisionLLaMA(BaseModule):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
         parts = name.split('.')
-        if parts[0] == 'patch_embeds':
+        if parts[0] in ('patch_embeds', 'pos_embeds'):
             depth = sum(self.depths[:int(parts[1])])
+        elif parts[0] == 'pegs':  # after the stage's first block
+            depth = sum(self.depths[:int(parts[1])]) + 1
         elif parts[0] == 'stages':
             s, j = int(parts[1]), int(parts[2])
             depth = sum(self.depths[:s]) + j + 1

@@ -14,14 +14,21 @@ rotation is ``x * cos + rot(x) * sin`` (:func:`apply_rope`). Tables are derived 
 
 AS2DRoPE multiplies positions by ``anchor / grid`` per axis, so any grid is mapped
 into the span of the pre-training (anchor) grid; at the anchor size it equals 2D RoPE.
+
+Ablations of the paper (table 11b/d, the authors' ``rpe_ratio`` / ``share_rpe``):
+``rotary_dim < head_dim`` rotates only the first ``rotary_dim`` channels of each head
+(frequencies over those channels), the rest pass through; ``shared=False`` builds one
+RoPE over ``num_heads * rotary_dim`` channels (frequencies over the full width) and
+gives head ``h`` its slice ``h*rotary_dim .. (h+1)*rotary_dim``: the table is then
+``[1, heads, N, rotary_dim]`` (per sample ``[B, heads, N, rotary_dim]``).
 """
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-Table = Tuple[Tensor, Tensor]  # (cos, sin), each [N, Hc] or [B, N, Hc] float32
-ROPE_TYPES = ('none', '1d', '2d', 'as2d', 'ntk')
+Table = Tuple[Tensor, Tensor]  # (cos, sin), [N, R], [B, N, R] or [1|B, heads, N, R] float32
+ROPE_TYPES = ('none', '1d', '2d', 'as2d', 'ntk', 'ntk_fixed')
 PREFIX_MODES = ('none', 'official')
 
 
@@ -30,7 +37,8 @@ def _pair(x) -> Tuple[int, int]:
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0, rope_type: str = '2d') -> Tensor:
-    """Per-pair frequencies ``[Hc/2]`` in the interleaved layout.
+    """Per-pair frequencies ``[Hc/2]`` in the interleaved layout (``head_dim``: the
+    rotated width).
 
     2D: pair j -> ``theta ** (-4 * (j // 2) / Hc)`` (x and y pairs share frequencies).
     1D: pair j -> ``theta ** (-2 * j / Hc)`` (LLaMA, over the flattened token index).
@@ -79,18 +87,33 @@ def rot(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
-    """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table`` (``[N, Hc]`` or ``[B, N, Hc]``).
+    """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table``.
 
     ``x * cos + rot(x) * sin`` in float32, cast back to ``x.dtype``: for the pair
-    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``.
+    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``. Table layouts: ``[N, R]``
+    (all heads), ``[B, N, R]`` (per sample), ``[1|B, heads, N, R]`` (per head). With
+    ``R < Hc`` (partial RoPE) only the first ``R`` channels rotate, the rest pass through.
     """
     if table is None:
         return x
     cos, sin = table
-    if cos.dim() == 3:  # per-sample table [B, N, Hc] -> [B, 1, N, Hc]
+    if cos.dim() == 3:  # per-sample table [B, N, R] -> [B, 1, N, R]
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    r = cos.shape[-1]
+    if r < x.shape[-1]:  # partial RoPE: rotate x[..., :R], keep the rest
+        return torch.cat([apply_rope(x[..., :r], (cos, sin)), x[..., r:]], dim=-1)
     xf = x.float()
     return torch.addcmul(xf * cos, rot(xf), sin).to(x.dtype)
+
+
+def gather_tokens(table: Optional[Table], ids: Tensor) -> Optional[Table]:
+    """Rows ``ids`` ``[B, n]`` of a grid table, per sample (MAE's kept tokens):
+    ``[N, R] -> [B, n, R]``; ``[1, heads, N, R] -> [B, heads, n, R]``."""
+    if table is None:
+        return None
+    if table[0].dim() == 2:
+        return table[0][ids], table[1][ids]
+    return tuple(t[0][:, ids].transpose(0, 1) for t in table)  # [heads,B,n,R] -> [B,heads,n,R]
 
 
 class RoPE2D(nn.Module):
@@ -102,14 +125,23 @@ class RoPE2D(nn.Module):
             onto. Required for ``rope_type='as2d'`` and ``'ntk'``.
         rope_type: ``'as2d'`` (auto-scaled, default), ``'2d'`` (plain), ``'1d'``
             (LLaMA over the flattened index), ``'ntk'`` (2D with NTK-aware theta
-            scaling by the grid/anchor ratio) or ``'none'`` (no rotation).
+            scaling by the grid/anchor ratio), ``'ntk_fixed'`` (the authors' pyramid
+            ``use_ntk``: unscaled 2D positions, base ``theta * ntk_factor`` for every
+            table but window-local ones) or ``'none'`` (no rotation).
         theta: RoPE base.
         max_cached: tables kept per module (the store is emptied when full), bounding
             memory when detection inputs vary in size.
+        rotary_dim: channels of each head that rotate (the first ones; default all,
+            the authors' ``int(rpe_ratio * Hc)``); divisible by 4.
+        num_heads, shared: ``shared=False`` (the authors' ``share_rpe=False``) spreads
+            one RoPE over ``num_heads * rotary_dim`` channels, head h taking its slice.
+        ntk_factor: theta multiplier of ``'ntk_fixed'`` (> 0).
     """
 
     def __init__(self, head_dim: int, anchor_hw: Optional[Tuple[int, int]] = None,
-                 rope_type: str = 'as2d', theta: float = 10000.0, max_cached: int = 32):
+                 rope_type: str = 'as2d', theta: float = 10000.0, max_cached: int = 32,
+                 rotary_dim: Optional[int] = None, num_heads: int = 1, shared: bool = True,
+                 ntk_factor: float = 2.0):
         super().__init__()
         if rope_type not in ROPE_TYPES:
             raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
@@ -121,6 +153,16 @@ class RoPE2D(nn.Module):
             raise ValueError(f'RoPE theta must be > 0, got {theta}')
         if anchor_hw is not None and min(_pair(anchor_hw)) <= 0:
             raise ValueError(f'RoPE anchor grid must be positive, got {anchor_hw}')
+        rotary_dim = head_dim if rotary_dim is None else int(rotary_dim)
+        if not 0 < rotary_dim <= head_dim or rotary_dim % 4 != 0:
+            raise ValueError(f'RoPE rotary_dim must be a multiple of 4 in (0, {head_dim}] '
+                             f'(the x x y y pairing), got {rotary_dim}')
+        if not ntk_factor > 0:
+            raise ValueError(f'RoPE ntk_factor must be > 0, got {ntk_factor}')
+        self.rotary_dim = rotary_dim
+        self.num_heads = int(num_heads)
+        self.shared = bool(shared)
+        self.ntk_factor = float(ntk_factor)
         self.head_dim = head_dim
         self.anchor_hw = None if anchor_hw is None else _pair(anchor_hw)
         self.rope_type = rope_type
@@ -130,7 +172,8 @@ class RoPE2D(nn.Module):
 
     def extra_repr(self) -> str:
         return (f'head_dim={self.head_dim}, rope_type={self.rope_type}, '
-                f'anchor_hw={self.anchor_hw}, theta={self.theta}')
+                f'anchor_hw={self.anchor_hw}, theta={self.theta}, '
+                f'rotary_dim={self.rotary_dim}, shared={self.shared}')
 
     def __getstate__(self) -> Dict:  # copies and pickles carry no tables
         return {**self.__dict__, '_cache': {}}
@@ -145,7 +188,9 @@ class RoPE2D(nn.Module):
             return (self.anchor_hw[1] / w, self.anchor_hw[0] / h)
         return (1.0, 1.0)
 
-    def _theta_for(self, h: int, w: int) -> float:
+    def _theta_for(self, h: int, w: int, local: bool = False) -> float:
+        if self.rope_type == 'ntk_fixed':  # authors' pyramid use_ntk: GSA only, not LSA
+            return self.theta if local else self.theta * self.ntk_factor
         if self.rope_type != 'ntk':
             return self.theta
         # NTK-aware: stretch the base by the extrapolation factor (>= 1) so that the
@@ -170,23 +215,41 @@ class RoPE2D(nn.Module):
                 table = self._cache[key] = build()
         return table
 
-    def _from_positions(self, pos: Tensor, theta: float, device) -> Table:
-        cos, sin = rope_table(pos, rope_frequencies(self.head_dim, theta, self.rope_type),
-                              self.rope_type)
+    @property
+    def width(self) -> int:
+        """Channels one RoPE spans: ``rotary_dim``, or all heads' when not shared."""
+        return self.rotary_dim if self.shared else self.rotary_dim * self.num_heads
+
+    def _from_positions(self, pos: Tensor, theta: float, device,
+                        num_unrotated: int = 0) -> Table:
+        """Table for positions ``pos``, with ``num_unrotated`` identity rows first."""
+        cos, sin = rope_table(pos, rope_frequencies(self.width, theta, self.rope_type),
+                              self.rope_type)  # each [N, width]
+        if num_unrotated:  # unrotated prefix rows: cos 1, sin 0
+            cos = torch.cat([cos.new_ones(num_unrotated, self.width), cos])
+            sin = torch.cat([sin.new_zeros(num_unrotated, self.width), sin])
+        if not self.shared:  # [N, heads*R] -> [1, heads, N, R]: head h gets its slice
+            cos, sin = (t.unflatten(-1, (self.num_heads, self.rotary_dim)).transpose(0, 1)
+                        .unsqueeze(0) for t in (cos, sin))
         return cos.to(device), sin.to(device)
 
     def grid(self, h: int, w: int, device=None, num_prefix: int = 0,
              prefix_mode: str = 'none',
-             scale: Optional[Tuple[float, float]] = None) -> Optional[Table]:
+             scale: Optional[Tuple[float, float]] = None,
+             local: bool = False) -> Optional[Table]:
         """Table ``[num_prefix + h*w, Hc]`` for a row-major h×w grid of tokens.
 
         Prefix tokens (e.g. the class token) come first; ``prefix_mode='none'`` leaves
         them unrotated, ``'official'`` puts them at ``t = -1`` (``x = w-1, y = -1``,
         scaled like the grid). ``scale`` overrides the AS2DRoPE scale (e.g. anchoring
-        at another grid). Returns ``None`` when ``rope_type='none'``.
+        at another grid). ``local=True``: window-local positions (LSA, ViTDet windows),
+        never rescaled and with the base theta under ``'ntk_fixed'``. Returns ``None``
+        when ``rope_type='none'``.
         """
         if prefix_mode not in PREFIX_MODES:
             raise ValueError(f'prefix_mode must be one of {PREFIX_MODES}, got {prefix_mode!r}')
+        if local:
+            scale = (1.0, 1.0)
         sc = self.grid_scale(h, w) if scale is None else tuple(scale)
         rotated_prefix = num_prefix if prefix_mode == 'official' else 0
 
@@ -195,14 +258,11 @@ class RoPE2D(nn.Module):
                 pos = torch.arange(-rotated_prefix, h * w, dtype=torch.float64)
             else:
                 pos = grid_positions(h, w, sc, num_prefix=rotated_prefix)
-            cos, sin = self._from_positions(pos, self._theta_for(h, w), device)
-            if num_prefix > rotated_prefix:  # unrotated prefix rows: cos 1, sin 0
-                n = num_prefix - rotated_prefix
-                cos = torch.cat([cos.new_ones(n, self.head_dim), cos])
-                sin = torch.cat([sin.new_zeros(n, self.head_dim), sin])
-            return cos, sin
+            return self._from_positions(pos, self._theta_for(h, w, local), device,
+                                        num_prefix - rotated_prefix)
 
-        return self._cached(('grid', h, w, sc, num_prefix, prefix_mode, str(device)), build)
+        return self._cached(('grid', h, w, sc, num_prefix, prefix_mode, local, str(device)),
+                            build)
 
     def positions(self, key: Hashable, pos_fn: Callable[[], Tensor], h: int, w: int,
                   device=None) -> Optional[Table]:

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from .attention import check_heads
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block)
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .blocks import (ABS_POS_TYPES, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm,
+                     check_choice, mlp_hidden, rope_rotary_dim, swiglu_hidden)
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
 
 
@@ -58,6 +59,19 @@ class VisionLLaMA(BaseModule):
         global_attn_indexes: blocks with global attention when ``window_size > 0``.
         window_pad_mask: mask zero-padded window tokens (default) or not (ViTDet).
         with_cp: activation checkpointing per block (saves memory when training).
+        mlp_type: ``'swiglu'`` (default) or ``'gelu'`` (ViT MLP, hidden 4d, biased;
+            ablation 11a; ``feedforward_channels`` then does not apply).
+        norm_type: ``'ln'`` (default) or ``'rmsnorm'`` (the authors' RMSNorm, eps
+            1e-6) for the block norms and the final norms ``ln1``/``ln2`` (11g).
+        rope_ratio: fraction of each head's channels that RoPE rotates, the first
+            ``int(ratio * Hc)`` (a multiple of 4; the authors' ``rpe_ratio``, 11b).
+        rope_shared: True (default): one RoPE over a head's channels, shared by all
+            heads; False: one RoPE over the full embedding width, head h taking its
+            slice (the authors' ``share_rpe=False``, 11d).
+        rope_ntk_factor: theta multiplier of ``rope_type='ntk_fixed'``.
+        abs_pos_embed: None (default), ``'learnable'`` or ``'sincos'``: an absolute
+            position embedding ``pos_embed`` added after the patch embedding (class
+            token slot included), on top of RoPE (the authors' ``use_abs``/``lr_pe``).
     """
 
     arch_zoo = {
@@ -97,6 +111,12 @@ class VisionLLaMA(BaseModule):
                  global_attn_indexes: Sequence[int] = (),
                  window_pad_mask: bool = True,
                  with_cp: bool = False,
+                 mlp_type: str = 'swiglu',
+                 norm_type: str = 'ln',
+                 rope_ratio: float = 1.0,
+                 rope_shared: bool = True,
+                 rope_ntk_factor: float = 2.0,
+                 abs_pos_embed: Optional[str] = None,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
@@ -113,8 +133,15 @@ class VisionLLaMA(BaseModule):
         self.embed_dims = int(a['embed_dims'])
         self.num_layers = int(a['num_layers'])
         self.num_heads = int(a['num_heads'])
-        ffn_hidden = a['feedforward_channels'] or swiglu_hidden(self.embed_dims)
         head_dim = check_heads(self.embed_dims, self.num_heads)
+        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
+        if not isinstance(rope_shared, bool):
+            raise ValueError(f'rope_shared must be True or False, got {rope_shared!r}')
+        check_choice('abs_pos_embed', abs_pos_embed, ABS_POS_TYPES)
+        ffn_hidden = mlp_hidden(mlp_type, self.embed_dims,
+                                a['feedforward_channels'] or swiglu_hidden(self.embed_dims))
+        rotary_dim = rope_rotary_dim(rope_ratio, head_dim)
+        self.norm_type = norm_type
 
         if out_type not in self.OUT_TYPES:
             raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
@@ -138,10 +165,17 @@ class VisionLLaMA(BaseModule):
             raise ValueError(f'img_size {self.img_size} is smaller than patch_size {patch_size}')
         anchor = rope_anchor or tuple(-(-s // self.patch_size) for s in self.img_size)
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, self.patch_size)
-        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta)
+        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta,
+                           rotary_dim=rotary_dim, num_heads=self.num_heads,
+                           shared=rope_shared, ntk_factor=rope_ntk_factor)
 
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+
+        self.abs_pos_embed = abs_pos_embed
+        if abs_pos_embed is not None:
+            self.pos_embed = AbsPosEmbed(abs_pos_embed, self.embed_dims, _pair(anchor),
+                                         num_prefix=self.num_extra_tokens)
 
         self.out_indices = resolve_out_indices(out_indices, self.num_layers, 'layers')
 
@@ -173,15 +207,16 @@ class VisionLLaMA(BaseModule):
                     ffn_bias=a['ffn_bias'], layer_scale_init=a['layer_scale_init'],
                     drop_path=dpr[i], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if windowed else 0,
-                    window_pad_mask=window_pad_mask))
+                    window_pad_mask=window_pad_mask, mlp_type=mlp_type,
+                    norm_type=norm_type))
         self.with_cp = with_cp
         self.drop_after_pos = nn.Dropout(drop_rate)
 
         self.final_norm = final_norm
         if final_norm:
-            self.ln1 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+            self.ln1 = build_norm(norm_type, self.embed_dims, norm_eps)
         if out_type == 'avg_featmap':
-            self.ln2 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+            self.ln2 = build_norm(norm_type, self.embed_dims, norm_eps)
 
         if not -1 <= frozen_stages <= self.num_layers:
             raise ValueError(f'frozen_stages must be in [-1, {self.num_layers}], '
@@ -203,7 +238,7 @@ class VisionLLaMA(BaseModule):
         """Drop checkpoint entries this backbone has no use for, saying why."""
         logger = MMLogger.get_current_instance()
         key = prefix + 'pos_embed'
-        if key in state_dict:
+        if key in state_dict and self.abs_pos_embed is None:
             del state_dict[key]
             logger.info(f'{key}: dropped. VisionLLaMA encodes positions with RoPE; the '
                         'absolute position embedding of MAE checkpoints is unused.')
@@ -227,6 +262,8 @@ class VisionLLaMA(BaseModule):
         if self.frozen_stages <= 0:
             return
         self._freeze_module(self.patch_embed)
+        if self.abs_pos_embed is not None:
+            self._freeze_module(self.pos_embed)
         if self.with_cls_token:
             self.cls_token.requires_grad = False
         for i in range(self.frozen_stages):
@@ -247,6 +284,8 @@ class VisionLLaMA(BaseModule):
         x, hw = self.patch_embed(x)
         if self.with_cls_token:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.abs_pos_embed is not None:
+            x = self.pos_embed(x, hw)  # [B, N(+1), D]
         return self.drop_after_pos(x), hw
 
     def rope_tables(self, hw: Tuple[int, int], device: torch.device):
@@ -255,7 +294,7 @@ class VisionLLaMA(BaseModule):
                               self.cls_token_rope)
         win = None
         if self.window_size > 0:  # window-local positions 0..ws-1, never rescaled
-            win = self.rope.grid(self.window_size, self.window_size, device, scale=(1.0, 1.0))
+            win = self.rope.grid(self.window_size, self.window_size, device, local=True)
         return glob, win
 
     def forward_layers(self, x: Tensor, hw: Tuple[int, int], glob, win,
@@ -298,7 +337,7 @@ class VisionLLaMA(BaseModule):
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
-        if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed'):
+        if name == 'cls_token' or name.startswith(('pos_embed', 'patch_embed')):
             depth = 0
         elif name.startswith('layers.'):
             depth = int(name.split('.')[1]) + 1

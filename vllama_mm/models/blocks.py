@@ -74,7 +74,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return out.type_as(x) * self.weight
+        return out.type_as(x) * self.weight.to(x.dtype)  # stays in x's dtype
 
     def extra_repr(self) -> str:
         return f'{self.weight.numel()}, eps={self.eps}'

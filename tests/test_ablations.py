@@ -282,3 +282,52 @@ def test_ablation_config_builds_a_working_model(path):
         'peg': lambda: len(b.pegs) == 4,
     }[name]
     assert expect(), name
+
+
+# ---------------------------------------------------------------------------- table 12 tool
+def test_resolution_tool_on_a_pyramid_checkpoint(tmp_path):
+    """The resolution tool runs on a pyramid classifier checkpoint as on a plain one:
+    1d is reported n/a, as2d equals 2d at the training size, ntk_fixed takes the factor."""
+    import importlib.util
+
+    from mmengine.config import Config
+
+    from vllama_mm.datasets.synthetic_imagenet import generate
+    from vllama_mm.engine.runner_utils import import_plugin
+
+    spec = importlib.util.spec_from_file_location(
+        'resolution_robustness', ROOT / 'tools/analysis/resolution_robustness.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    plain_cfg = ROOT / ('configs/mmpretrain/vision_llama/'
+                        'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
+    cfg_path = tmp_path / 'pyramid_tiny.py'
+    cfg_path.write_text(
+        f"_base_ = ['{plain_cfg}']\n"
+        "model = dict(backbone=dict(_delete_=True, type='PyramidVisionLLaMA', "
+        "arch=dict(embed_dims=[32, 32, 32, 32], depths=[2, 2, 2, 2]), img_size=64, "
+        "out_type='avg_featmap'), head=dict(in_channels=32))\n")
+    data = str(tmp_path / 'data')
+    generate(data, num_train=2, num_val=4, img_size=64)
+    cfg = Config.fromfile(str(cfg_path))
+    import_plugin(cfg)
+    from mmpretrain.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    ckpt = tmp_path / 'pyramid.pth'
+    torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
+
+    out = tmp_path / 'res'
+    summary = tool.main([str(cfg_path), str(ckpt), '--sizes', '32', '64', '--rope', 'none',
+                         '1d', '2d', 'ntk_fixed', 'as2d', '--ntk-factor', '3',
+                         '--out-dir', str(out), '--cfg-options',
+                         f'test_dataloader.dataset.data_root={data}',
+                         'test_dataloader.num_workers=0'])
+    assert summary['backbone'] == 'PyramidVisionLLaMA' and summary['base_size'] == 64
+    top1 = summary['top1']
+    assert top1['1d'] == {'32': None, '64': None} and '1d' in summary['skipped']
+    assert top1['as2d']['64'] == top1['2d']['64']
+    assert all(0 <= top1[r][s] <= 100 for r in ('none', '2d', 'ntk_fixed', 'as2d')
+               for s in ('32', '64'))
+    assert 'n/a' in (out / 'resolution_robustness.md').read_text()

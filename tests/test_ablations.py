@@ -331,3 +331,30 @@ def test_resolution_tool_on_a_pyramid_checkpoint(tmp_path):
     assert all(0 <= top1[r][s] <= 100 for r in ('none', '2d', 'ntk_fixed', 'as2d')
                for s in ('32', '64'))
     assert 'n/a' in (out / 'resolution_robustness.md').read_text()
+
+
+def test_toy_resolution_experiment_smoke():
+    """The toy table-12 script: labels follow the layout, renders scale, rows are filled."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'rope_toy_resolution', ROOT / 'tools/analysis/rope_toy_resolution.py')
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    centres, labels = toy.sample_scenes(200, torch.Generator().manual_seed(0))
+    d = centres[:, 0] - centres[:, 1]  # red - green
+    horiz = d[:, 0].abs() > d[:, 1].abs()
+    assert torch.equal(labels[horiz] < 2, torch.ones(int(horiz.sum()), dtype=torch.bool))
+    assert torch.equal(labels[horiz] == 1, d[horiz, 0] > 0)  # 'right': red has larger x
+    assert torch.equal(labels[~horiz] == 3, d[~horiz, 1] > 0)  # 'below': larger y
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    img16, img64 = toy.render(centres[:2], 16), toy.render(centres[:2], 64)
+    assert img16.shape == (2, 3, 16, 16) and img64.shape == (2, 3, 64, 64)
+    # red is in channel 0 at the same place at both sizes (4x4 blocks of the 64 px image)
+    on16 = img16[:, 0] > 0
+    on64 = img64[:, 0].reshape(2, 16, 4, 16, 4).gt(0).any(4).any(2)
+    assert (on16 & ~on64).sum() == 0 and on16.any()
+    out = toy.run(steps=2, train_size=16, num_train=32, num_test=8, batch=8,
+                  variants=('none', '2d', 'as2d'))
+    assert out['sizes'] == [8, 12, 16, 24, 32]
+    assert set(out['results']) == {'none', '2d', 'as2d'}
+    assert out['results']['as2d'][16] == out['results']['2d'][16]  # equal at the train size

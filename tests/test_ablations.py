@@ -47,7 +47,11 @@ def _check_shapes_and_grads(model: nn.Module, x: torch.Tensor, shape) -> None:
     assert not missing, missing
 
 
-@pytest.mark.parametrize('opts', OPTIONS + [dict(abs_pos_embed='sincos')], ids=str)
+@pytest.mark.parametrize('opts', OPTIONS + [
+    dict(abs_pos_embed='sincos'),
+    dict(window_size=2, global_attn_indexes=[1], with_cls_token=False, out_type='avg_featmap',
+         rope_shared=False, rope_ratio=0.5, rope_type='ntk_fixed', abs_pos_embed='learnable'),
+], ids=str)
 def test_plain_options_shapes_and_gradients(opts):
     torch.manual_seed(0)
     _check_shapes_and_grads(plain(**opts), torch.randn(2, 3, 40, 48), (2, 32))

@@ -1,12 +1,13 @@
 """A toy version of the paper's table 12: RoPE variants at test sizes 0.5x..2x.
 
 A TOY, not the paper's experiment: tiny plain VisionLLaMA models (d 32, 3 layers, 2 heads),
-400 CPU steps of batch 32 each, synthetic scenes. Each scene holds two small squares (red = channel 0, green = channel 1)
-at random places; the class is where red sits relative to green (left / right / above /
-below, by the larger offset). The squares are a patch or so wide and far apart, so a
-patch sees at most one of them: without any position encoding the classes are
-indistinguishable (attention and the class token are permutation invariant). Scenes are
-defined in continuous coordinates, so the same scene renders exactly at any resolution.
+400 CPU steps of batch 32 each, synthetic scenes. Each scene holds two small squares (red =
+channel 0, green = channel 1) at random places; the class is where red sits relative to
+green (left / right / above / below, by the larger offset). The squares are a patch or so
+wide and far apart, so a patch sees at most one of them: without any position encoding the
+classes are indistinguishable (attention and the class token are permutation invariant).
+Scenes are defined in continuous coordinates, so the same scene renders exactly at any
+resolution.
 
 One model per trained RoPE variant (``none``, ``1d``, ``2d``) is trained at ``--train-size``
 px (patch 4). ``as2d`` and ``ntk`` are the same network as ``2d`` at the training size (their

@@ -43,7 +43,8 @@ class VisionLLaMA(BaseModule):
         with_cls_token: prepend a class token.
         cls_token_rope: ``'none'`` (class token unrotated) or ``'official'`` (rotated
             at ``t = -1``: ``x = w-1, y = -1``).
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'`` or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'``, ``'ntk_fixed'``
+            or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: anchor grid ``(h, w)`` overriding ``img_size / patch_size``,
             e.g. the pre-training grid when fine-tuning at another size.

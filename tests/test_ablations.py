@@ -362,3 +362,12 @@ def test_toy_resolution_experiment_smoke():
     assert out['sizes'] == [8, 12, 16, 24, 32]
     assert set(out['results']) == {'none', '2d', 'as2d'}
     assert out['results']['as2d'][16] == out['results']['2d'][16]  # equal at the train size
+
+
+def test_ntk_on_partial_rope_uses_the_rotated_width():
+    full = RoPE2D(16, (2, 2), 'ntk', rotary_dim=16)
+    part = RoPE2D(16, (2, 2), 'ntk', rotary_dim=8)
+    assert full._theta_for(4, 4) == pytest.approx(1e4 * 2 ** (8 / 6))
+    assert part._theta_for(4, 4) == pytest.approx(1e4 * 2 ** (4 / 2))
+    with pytest.raises(ValueError, match='more than 4 rotated channels'):
+        RoPE2D(16, (2, 2), 'ntk', rotary_dim=4).grid(4, 4)

@@ -196,7 +196,10 @@ class RoPE2D(nn.Module):
         # NTK-aware: stretch the base by the extrapolation factor (>= 1) so that the
         # lowest frequency covers the larger grid; d/(d-2) on the per-axis pair count.
         ratio = max(h / self.anchor_hw[0], w / self.anchor_hw[1], 1.0)
-        d = self.head_dim // 2
+        d = self.width // 2  # the rotated width (partial / full-width RoPE)
+        if d <= 2:
+            raise ValueError(f"rope_type='ntk' needs more than 4 rotated channels "
+                             f'(theta * ratio^(d/(d-2))), got {self.width}')
         return self.theta * ratio ** (d / (d - 2))
 
     def _cached(self, key: Hashable, build: Callable[[], Table]) -> Optional[Table]:

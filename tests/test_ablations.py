@@ -250,6 +250,28 @@ def test_every_ablation_config_is_listed_in_its_readme():
 
 
 @pytest.mark.parametrize('path', ABLATION_CONFIGS, ids=lambda p: p.name)
+def test_ablation_config_is_its_base_recipe_plus_backbone_options(path):
+    """Only backbone options (and the embedding's weight decay) differ from the paper
+    config the ablation inherits; data, schedule and optimizer are the base recipe."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(path)).to_dict()
+    base = Config.fromfile(str(path.parent / Config._get_base_files(str(path))[0])).to_dict()
+    for c in (cfg, base):
+        c['optim_wrapper'].get('paramwise_cfg', {}).get('custom_keys', {}).pop(
+            '.pos_embed', None)
+        c['optim_wrapper'].get('paramwise_cfg', {}).get('custom_keys', {}).pop(
+            '.pos_embeds', None)
+        c.pop('filename', None)
+    bb, base_bb = cfg['model'].pop('backbone'), base['model'].pop('backbone')
+    assert cfg == base
+    changed = {k for k in set(bb) | set(base_bb) if bb.get(k) != base_bb.get(k)}
+    assert changed and changed <= {'mlp_type', 'norm_type', 'rope_ratio', 'rope_theta',
+                                   'rope_shared', 'abs_pos_embed', 'use_peg',
+                                   'with_cls_token', 'out_type', 'final_norm'}, changed
+
+
+@pytest.mark.parametrize('path', ABLATION_CONFIGS, ids=lambda p: p.name)
 def test_ablation_config_builds_a_working_model(path):
     """Each config, shrunk to a tiny arch, builds and runs; the option is really on."""
     from mmengine.config import Config

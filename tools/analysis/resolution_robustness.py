@@ -2,10 +2,13 @@
 
 Reproduces the kind of study in the VisionLLaMA paper's tables 4 and 12: a model trained
 at one size is tested at other sizes (e.g. 0.5x to 2x) with its RoPE switched between
-``none``, ``1d``, ``2d``, ``as2d`` (auto-scaled) and ``ntk``, without retraining.
+``none``, ``1d``, ``2d``, ``as2d`` (auto-scaled), ``ntk`` (ours: theta stretched by the
+grid/anchor ratio) and ``ntk_fixed`` (the authors' pyramid ``use_ntk``: theta times
+``--ntk-factor``, 2 for the paper's table 12), without retraining.
 
     python tools/analysis/resolution_robustness.py CONFIG CHECKPOINT \
-        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk] \
+        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed] \
+        [--ntk-factor 2] \
         [--out-dir DIR] [--cfg-options test_dataloader.batch_size=16 ...]
 
 Everything runs through the real MMPretrain machinery: one Runner is built from the
@@ -199,8 +202,11 @@ def supported_rope_types(backbone) -> Tuple[str, ...]:
     return tuple(getattr(backbone, 'ROPE_TYPES', ROPE_TYPES))
 
 
-def set_rope_type(backbone, rope_type: str) -> None:
-    """Switch every RoPE2D of ``backbone`` to ``rope_type`` and drop its cached tables."""
+def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) -> None:
+    """Switch every RoPE2D of ``backbone`` to ``rope_type`` (and ``ntk_factor``, when
+    given, for ``'ntk_fixed'``) and drop its cached tables."""
+    if ntk_factor is not None and not ntk_factor > 0:
+        raise ValueError(f'ntk_factor must be > 0, got {ntk_factor}')
     if rope_type not in ROPE_TYPES:
         raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
     allowed = supported_rope_types(backbone)
@@ -211,6 +217,8 @@ def set_rope_type(backbone, rope_type: str) -> None:
         if rope_type in ('as2d', 'ntk') and m.anchor_hw is None:
             raise ValueError(f'rope_type={rope_type!r} needs an anchor grid, this RoPE2D has none')
         m.rope_type = rope_type
+        if ntk_factor is not None:
+            m.ntk_factor = float(ntk_factor)
         m._cache.clear()  # tables are derived from rope_type: rebuild on the next forward
 
 
@@ -269,6 +277,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "config's test size, rounded to multiples of 8)")
     parser.add_argument('--rope', nargs='+', choices=ROPE_TYPES, default=list(ROPE_TYPES),
                         help='RoPE variants to evaluate')
+    parser.add_argument('--ntk-factor', type=float, default=2.0,
+                        help="theta multiplier of rope 'ntk_fixed' (the authors' use_ntk; "
+                             'default 2, the alpha of the paper\'s table 12)')
     parser.add_argument('--out-dir', help='where the table, plot and json go (default: '
                         'work_dirs/resolution_robustness/<config name>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -277,6 +288,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not osp.isfile(args.checkpoint):
         parser.error(f'checkpoint not found: {args.checkpoint}')
+    if not args.ntk_factor > 0:
+        parser.error(f'--ntk-factor must be > 0, got {args.ntk_factor}')
     if args.sizes is not None and any(s <= 0 for s in args.sizes):
         parser.error(f'--sizes must be positive, got {args.sizes}')
     return args
@@ -323,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if backbone is None:
         raise TypeError(f'{type(model).__name__} has no backbone; expected an ImageClassifier')
     ropes = rope_modules(backbone)
-    original = ropes[0].rope_type
+    original, original_factor = ropes[0].rope_type, ropes[0].ntk_factor
     supported = supported_rope_types(backbone)
     skipped = {r: f'{type(backbone).__name__} does not define rope_type {r!r}'
                for r in args.rope if r not in supported}
@@ -349,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     results[rope][size] = None
                     continue
                 k += 1
-                set_rope_type(backbone, rope)
+                set_rope_type(backbone, rope, args.ntk_factor)
                 t0 = time.time()
                 metrics = loop.run()
                 if TOP1_KEY not in metrics:
@@ -358,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 print(f'[resolution] {k}/{todo} size {size} px, rope {rope}: top-1 '
                       f'{results[rope][size]:.2f} ({time.time() - t0:.1f} s)', flush=True)
     finally:
-        set_rope_type(backbone, original)
+        set_rope_type(backbone, original, original_factor)
         runner.call_hook('after_run')
 
     table = markdown_table(results, sizes, base)

@@ -5,13 +5,13 @@ Windowing (ViTDet windows, the pyramid's LSA) is a token re-layout done by
 :func:`window_partition` around the same attention; pooled keys/values (the
 pyramid's GSA) are built inside :class:`RoPEAttention` when ``sr_ratio > 1``.
 """
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import RopeTable, apply_rope_tokens, rope_split_heads
+from .rope import Table, apply_rope
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -74,60 +74,41 @@ class RoPEAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _subsample(self, x: Tensor, H: int, W: int) -> Tensor:
-        """The ``sr`` conv (k = s = sr) on the token grid, [B, H*W, C] -> [B, Nk, C].
-
-        Computed as one GEMM on non-overlapping sr x sr patches taken straight from the
-        token-major (channels-last) layout: no NCHW transposes around a convolution,
-        and the result is already token-major (Nk = ceil or floor of H/sr x W/sr).
-        """
+        """The ``sr`` conv (k = s = sr) + flatten on the token grid: [B, H*W, C] -> [B, Nk, C]
+        (Nk = ceil or floor of H/sr x W/sr, see ``sr_pad``)."""
         B, _, C = x.shape
         sr = self.sr_ratio
-        x_map = x.reshape(B, H, W, C)
+        x_map = x.transpose(1, 2).reshape(B, C, H, W)
         if self.sr_pad:
-            if H % sr or W % sr:
-                x_map = F.pad(x_map, (0, 0, 0, (-W) % sr, 0, (-H) % sr))  # bottom/right 0
+            x_map = F.pad(x_map, (0, (-W) % sr, 0, (-H) % sr))  # bottom/right zeros
         elif H < sr or W < sr:
             raise ValueError(f'token grid {H}x{W} is smaller than sr_ratio {sr}; '
                              'use sr_pad=True to pad it before sub-sampling')
-        else:  # floor, as a strided conv: trailing rows/columns are not seen
-            x_map = x_map[:, :H - H % sr, :W - W % sr]
-        hk, wk = x_map.shape[1] // sr, x_map.shape[2] // sr
-        patches = x_map.reshape(B, hk, sr, wk, sr, C).transpose(2, 3)  # [B,hk,wk,sr,sr,C]
-        patches = patches.reshape(B, hk * wk, sr * sr * C)
-        weight = self.sr.weight.permute(0, 2, 3, 1).reshape(C, sr * sr * C)  # (kh, kw, c)
-        return F.linear(patches, weight, self.sr.bias)
+        return self.sr(x_map).flatten(2).transpose(1, 2)
 
-    def forward(self, x: Tensor, rope_q: Optional[RopeTable] = None,
-                rope_k: Optional[RopeTable] = None, hw: Optional[Tuple[int, int]] = None,
+    def forward(self, x: Tensor, rope_q: Optional[Table] = None,
+                rope_k: Optional[Table] = None, hw: Optional[Tuple[int, int]] = None,
                 attn_mask: Optional[Tensor] = None) -> Tensor:
         """x: [B, N, C] -> [B, N, C].
 
         ``rope_q`` rotates queries and (when ``rope_k`` is None) keys; ``rope_k`` rotates
         pooled keys. ``attn_mask``: bool, True where a key may be attended,
         broadcastable to [B, heads, N, N_k].
-
-        RoPE is applied in the token-major layout the projections produce
-        ([B, N, k, heads, Hc]); q and k sharing a table are rotated by one call.
         """
         B, N, C = x.shape
         h, hc = self.num_heads, self.head_dim
         if self.sr_ratio == 1:
             qkv = self.qkv(x).view(B, N, 3, h, hc)  # rows q|k|v, head-major
-            if rope_k is None or rope_k is rope_q:
-                # q and k rotated together; each [B, h, N, Hc]
-                q, k, v = rope_split_heads(qkv, rope_q, 2 if rope_q is not None else 0)
-            else:
-                q = apply_rope_tokens(qkv[:, :, 0], rope_q).transpose(1, 2)
-                k = apply_rope_tokens(qkv[:, :, 1], rope_k).transpose(1, 2)
-                v = qkv[:, :, 2].transpose(1, 2)  # [B, h, N, Hc]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, N, Hc]
         else:
             if hw is None or rope_q is not None and rope_k is None:
                 raise ValueError('pooled-key attention needs hw and a key RoPE table')
-            H, W = hw
-            q, = rope_split_heads(self.q(x).view(B, N, 1, h, hc), rope_q, 1)  # [B, h, N, Hc]
-            pooled = self.norm(self._subsample(x, H, W))  # [B, Nk, C]
-            kv = self.kv(pooled).view(B, pooled.shape[1], 2, h, hc)  # rows k|v
-            k, v = rope_split_heads(kv, rope_k, 1)  # each [B, h, Nk, Hc]
+            q = self.q(x).view(B, N, h, hc).transpose(1, 2)  # [B, h, N, Hc]
+            pooled = self.norm(self._subsample(x, *hw))  # [B, Nk, C]
+            kv = self.kv(pooled).view(B, -1, 2, h, hc)  # rows k|v
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, Nk, Hc]
+        q = apply_rope(q, rope_q)
+        k = apply_rope(k, rope_q if rope_k is None else rope_k)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask,
             dropout_p=self.attn_drop if self.training else 0.0)  # [B, heads, N, Hc]
@@ -171,39 +152,16 @@ def window_unpartition(windows: Tensor, hw: Tuple[int, int], padded_hw: Tuple[in
     return x.reshape(-1, H * W, C)
 
 
-_WINDOW_MASKS: Dict[Tuple[int, int, int, str], Optional[Tensor]] = {}
-_MAX_WINDOW_MASKS = 64
-
-
-def _build_window_key_mask(H: int, W: int, ws: int, device) -> Optional[Tensor]:
+def window_key_mask(hw: Tuple[int, int], window_size: int, batch: int,
+                    device: torch.device) -> Optional[Tensor]:
+    """Bool mask [B*nW, 1, 1, ws*ws] hiding zero-padded keys (True: a real token), or
+    None when the grid is a multiple of the window."""
+    H, W = hw
+    ws = window_size
     if H % ws == 0 and W % ws == 0:
         return None
     Hp, Wp = H + (-H) % ws, W + (-W) % ws
     valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)
     valid[:H, :W] = True
     valid = valid.view(Hp // ws, ws, Wp // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
-    return valid[:, None, None, :]  # [nW, 1, 1, ws*ws]
-
-
-def window_key_mask(hw: Tuple[int, int], window_size: int, batch: int,
-                    device: torch.device) -> Optional[Tensor]:
-    """Bool mask [B*nW, 1, 1, ws*ws] hiding padded keys, or None when nothing is padded.
-
-    The per-window mask is cached per (H, W, ws, device) in eager mode; only its batch
-    expansion is done per call. While torch.compile traces, it is built in the graph
-    (a few tiny ops) instead, so that no Python-side cache needs to be traced.
-    """
-    H, W = hw
-    if torch.compiler.is_compiling():
-        mask = _build_window_key_mask(H, W, window_size, device)
-    else:
-        key = (H, W, window_size, str(device))
-        if key not in _WINDOW_MASKS:
-            if len(_WINDOW_MASKS) >= _MAX_WINDOW_MASKS:
-                _WINDOW_MASKS.pop(next(iter(_WINDOW_MASKS)))
-            with torch.inference_mode(False):  # usable by a later training step
-                _WINDOW_MASKS[key] = _build_window_key_mask(H, W, window_size, device)
-        mask = _WINDOW_MASKS[key]
-    if mask is None:
-        return None
-    return mask.repeat(batch, 1, 1, 1)
+    return valid[:, None, None, :].repeat(batch, 1, 1, 1)  # windows are batch-major

@@ -1,4 +1,10 @@
-"""SwiGLU, layer scale, drop path and the pre-norm VisionLLaMA block."""
+"""SwiGLU, layer scale, drop path, patch embedding and the pre-norm VisionLLaMA block.
+
+Also the paper's ablation parts (its table 11), each a constructor option of both
+backbones: the GELU MLP of ViT (``mlp_type='gelu'``), the authors' RMSNorm
+(``norm_type='rmsnorm'``), absolute position embeddings (:class:`AbsPosEmbed`) and the
+PEG of CPVT/Twins (:class:`PEG`).
+"""
 import math
 from typing import Optional, Tuple
 
@@ -8,7 +14,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .attention import RoPEAttention, window_key_mask, window_partition, window_unpartition
-from .rope import RopeTable
+from .rope import Table
 
 
 def swiglu_hidden(dim: int, ratio: float = 8 / 3, multiple_of: int = 256) -> int:
@@ -20,110 +26,8 @@ def swiglu_hidden(dim: int, ratio: float = 8 / 3, multiple_of: int = 256) -> int
     return multiple_of * math.ceil(int(ratio * dim) / multiple_of)
 
 
-class _SiLUGate(torch.autograd.Function):
-    """``silu(gate) * up`` of the fused projection ``gu`` [..., 2h] (gate | up).
-
-    Saves only ``gu`` (autograd would also keep ``silu(gate)``: a third less SwiGLU
-    activation memory) and writes both halves of the gradient straight into one
-    [..., 2h] buffer (autograd would build them apart and concatenate them).
-    """
-
-    @staticmethod
-    def forward(ctx, gu: Tensor) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(gu)
-        gate, up = gu.chunk(2, dim=-1)
-        return F.silu(gate).mul_(up)  # [..., h]
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:  # noqa: D102
-        gu, = ctx.saved_tensors
-        gate, up = gu.chunk(2, dim=-1)
-        grad = torch.empty_like(gu)
-        d_gate, d_up = grad.chunk(2, dim=-1)  # views into the one buffer
-        # no temporaries: every op writes into the buffer (the stage-1 maps are large
-        # enough for these passes to be memory-bound)
-        torch.ops.aten.silu.out(gate, out=d_up)
-        d_up.mul_(g)  # d/d up = g * silu(gate)
-        torch.mul(g, up, out=d_gate)
-        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
-        return grad
-
-
-class _SwiGLUIn(torch.autograd.Function):
-    """``silu(x Wg^T + bg) * (x Wu^T + bu)`` with ``W = [Wg; Wu]`` the fused ``w12``.
-
-    Two GEMMs (gate and up) instead of one over [..., 2h]: every element-wise pass then
-    reads and writes contiguous [M, h] tensors (writing into the halves of a [M, 2h]
-    buffer is ~2x slower on CPU), and the backward computes the weight gradient
-    straight into the two row blocks of one [2h, d] buffer. Saves x, gate and up (as
-    autograd would: x for the weight gradient, gate | up for the gate).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa
-        h = weight.shape[0] // 2
-        x2 = x.reshape(-1, x.shape[-1])  # [M, d]
-        if bias is None:
-            gate, up = torch.mm(x2, weight[:h].t()), torch.mm(x2, weight[h:].t())
-        else:
-            gate = torch.addmm(bias[:h], x2, weight[:h].t())
-            up = torch.addmm(bias[h:], x2, weight[h:].t())
-        ctx.save_for_backward(x2, weight, gate, up)
-        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
-        return F.silu(gate).mul_(up).view(*x.shape[:-1], h)  # [..., h]
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # noqa: D102
-        x2, weight, gate, up = ctx.saved_tensors
-        h = weight.shape[0] // 2
-        g2 = g.reshape(-1, h)
-        d_up = F.silu(gate).mul_(g2)  # [M, h]
-        d_gate = g2 * up
-        torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(d_gate, weight[:h]).addmm_(d_up, weight[h:])
-            grad_x = grad_x.view(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.empty_like(weight)
-            torch.mm(d_gate.t(), x2, out=grad_w[:h])
-            torch.mm(d_up.t(), x2, out=grad_w[h:])
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = torch.cat([d_gate.sum(0), d_up.sum(0)])
-        return grad_x, grad_w, grad_b
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # a device type without autocast (e.g. 'meta')
-        return False
-
-
-def swiglu_in(x: Tensor, w12: nn.Linear) -> Tensor:
-    """``silu(gate) * up`` of the fused projection ``w12`` (rows gate | up): [..., h]."""
-    fused = (not torch.compiler.is_compiling() and torch.is_grad_enabled()
-             and (x.requires_grad or w12.weight.requires_grad)
-             and x.dtype == w12.weight.dtype
-             and not _autocast_enabled(x.device.type))
-    if fused:
-        return _SwiGLUIn.apply(x, w12.weight, w12.bias)
-    return silu_gate(w12(x))  # inference, torch.compile, autocast: the plain route
-
-
-def silu_gate(gu: Tensor) -> Tensor:
-    """``silu(gate) * up`` for ``gu = cat([gate, up], -1)`` [..., 2h] -> [..., h]."""
-    if torch.compiler.is_compiling():
-        gate, up = gu.chunk(2, dim=-1)
-        return F.silu(gate) * up  # torch.compile fuses this itself
-    if not (torch.is_grad_enabled() and gu.requires_grad):
-        gate, up = gu.chunk(2, dim=-1)
-        return F.silu(gate).mul_(up)  # inference: one buffer
-    return _SiLUGate.apply(gu)
-
-
 class SwiGLU(nn.Module):
-    """``w3(silu(gate) * up)`` with gate and up computed by one fused GEMM ``w12``.
+    """``w3(silu(gate) * up)`` with gate and up computed by one fused projection ``w12``.
 
     ``w12.weight`` is [2h, d]: rows ``0..h-1`` the gate, ``h..2h-1`` the up projection
     (the released MAE layout); ``w3`` [d, h] projects down.
@@ -137,37 +41,157 @@ class SwiGLU(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w3(self.drop(swiglu_in(x, self.w12)))  # [..., h] -> [..., d]
+        gate, up = self.w12(x).chunk(2, dim=-1)  # each [..., h]
+        return self.w3(self.drop(F.silu(gate) * up))  # [..., d]
 
 
-class _ScaledResidual(torch.autograd.Function):
-    """``x + y * scale`` (``scale`` broadcast over y, e.g. [C] or [B, 1, C]) in one pass,
-    with a backward of three passes (``g``, ``g * scale``, ``sum(g * y)``); autograd's
-    ``addcmul`` backward adds two more (it also multiplies by its ``value``)."""
+class GeluMLP(nn.Module):
+    """The ViT MLP: ``fc2(gelu(fc1(x)))`` with biases (ablation 11a; hidden 4d)."""
 
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, scale: Tensor) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(y, scale)
-        return torch.addcmul(x, y, scale)
+    def __init__(self, dim: int, hidden: int, bias: bool = True, drop: float = 0.0):
+        super().__init__()
+        self.hidden = hidden
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.drop = nn.Dropout(drop)
 
-    @staticmethod
-    def backward(ctx, g: Tensor):  # noqa: D102
-        y, scale = ctx.saved_tensors
-        grad_y = (g * scale).to(y.dtype) if ctx.needs_input_grad[1] else None
-        grad_scale = None
-        if ctx.needs_input_grad[2]:
-            grad_scale = (g * y).sum_to_size(scale.shape).to(scale.dtype)
-        return g, grad_y, grad_scale
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))  # [..., d]
 
 
-def scaled_residual(x: Tensor, y: Tensor, scale: Tensor) -> Tensor:
-    """``x + y * scale`` (layer scale, drop-path keep mask) as one fused multiply-add."""
-    if torch.compiler.is_compiling():
-        return x + y * scale  # torch.compile fuses this itself
-    if torch.is_grad_enabled() and x.dtype == y.dtype == scale.dtype and (
-            x.requires_grad or y.requires_grad or scale.requires_grad):
-        return _ScaledResidual.apply(x, y, scale)
-    return torch.addcmul(x, y, scale)
+class RMSNorm(nn.Module):
+    """The authors' RMSNorm (ablation 11g): ``x / rms(x) * weight``, computed in float32.
+
+    eps 1e-6 and a learnable weight (no bias), as in their DeiT code. Written out
+    rather than ``torch.nn.RMSNorm`` for the float32 computation under autocast.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight.to(x.dtype)  # stays in x's dtype
+
+    def extra_repr(self) -> str:
+        return f'{self.weight.numel()}, eps={self.eps}'
+
+
+MLP_TYPES = ('swiglu', 'gelu')
+NORM_TYPES = ('ln', 'rmsnorm')
+ABS_POS_TYPES = (None, 'learnable', 'sincos')
+
+
+def check_choice(name: str, value, allowed: Tuple) -> None:
+    """ValueError naming the option when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
+
+
+def build_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    """LayerNorm(eps) for ``'ln'``; the authors' RMSNorm (eps 1e-6, always) for
+    ``'rmsnorm'``."""
+    check_choice('norm_type', norm_type, NORM_TYPES)
+    return nn.LayerNorm(dim, eps=eps) if norm_type == 'ln' else RMSNorm(dim)
+
+
+def mlp_hidden(mlp_type: str, dim: int, swiglu: int) -> int:
+    """Hidden width: ``swiglu`` (the arch's SwiGLU size) or 4d for the GELU MLP."""
+    check_choice('mlp_type', mlp_type, MLP_TYPES)
+    return swiglu if mlp_type == 'swiglu' else 4 * dim
+
+
+def rope_rotary_dim(rope_ratio: float, head_dim: int) -> int:
+    """Channels per head that RoPE rotates: ``int(rope_ratio * head_dim)`` (the authors'
+    ``rpe_ratio``), checked to keep the ``x x y y`` pairing (a multiple of 4)."""
+    if isinstance(rope_ratio, bool) or not isinstance(rope_ratio, (int, float)) \
+            or not 0 < rope_ratio <= 1:
+        raise ValueError(f'rope_ratio must be in (0, 1] (use rope_type="none" for no '
+                         f'RoPE), got {rope_ratio!r}')
+    dim = int(rope_ratio * head_dim)
+    if dim == 0 or dim % 4:
+        raise ValueError(f'rope_ratio {rope_ratio} rotates int({rope_ratio} * {head_dim}) = '
+                         f'{dim} channels per head; 2D RoPE needs a positive multiple of 4')
+    return dim
+
+
+def sincos_2d(dim: int, h: int, w: int) -> Tensor:
+    """Fixed 2D sin-cos embedding ``[h*w, dim]`` (MAE's): the first half encodes x
+    (column), the second y (row), each ``[sin(p*w_i), cos(p*w_i)]``,
+    ``w_i = 10000^(-i/(dim/4))``."""
+    if dim % 4:
+        raise ValueError(f'2D sin-cos position embedding needs dims divisible by 4, got {dim}')
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                            torch.arange(w, dtype=torch.float64), indexing='ij')
+
+    def one(pos: Tensor) -> Tensor:
+        ang = pos.reshape(-1, 1) * omega  # [h*w, dim/4]
+        return torch.cat([ang.sin(), ang.cos()], dim=1)
+
+    return torch.cat([one(xs), one(ys)], dim=1).float()  # [h*w, dim]
+
+
+class AbsPosEmbed(nn.Module):
+    """Absolute position embedding added to tokens (ablations: the authors' ``use_abs``
+    with ``lr_pe`` True/False on the plain model, learnable PE on the pyramid).
+
+    ``'learnable'``: a parameter ``weight`` [1, P + h*w, C] (P prefix tokens, e.g. the
+    class token), trunc-normal(0.02) init. ``'sincos'``: fixed 2D sin-cos for the grid
+    (zeros for prefix tokens), a non-persistent buffer (derived data, not in the state
+    dict). On another grid the grid part is resized bicubically (learnable) or
+    recomputed (sin-cos).
+    """
+
+    def __init__(self, kind: str, dim: int, grid_hw: Tuple[int, int], num_prefix: int = 0):
+        super().__init__()
+        check_choice('abs_pos_embed', kind, ABS_POS_TYPES[1:])
+        self.kind = kind
+        self.grid_hw = tuple(int(g) for g in grid_hw)
+        self.num_prefix = int(num_prefix)
+        n = self.num_prefix + self.grid_hw[0] * self.grid_hw[1]
+        if kind == 'learnable':
+            self.weight = nn.Parameter(torch.zeros(1, n, dim))
+            nn.init.trunc_normal_(self.weight, std=0.02)
+        else:
+            self.register_buffer('weight', self._sincos(dim, *self.grid_hw), persistent=False)
+
+    def _sincos(self, dim: int, h: int, w: int) -> Tensor:
+        return torch.cat([torch.zeros(self.num_prefix, dim), sincos_2d(dim, h, w)])[None]
+
+    def table(self, hw: Tuple[int, int]) -> Tensor:
+        """The embedding [1, P + h*w, C] for an h×w grid."""
+        if tuple(hw) == self.grid_hw:
+            return self.weight
+        C = self.weight.shape[-1]
+        if self.kind == 'sincos':
+            return self._sincos(C, *hw).to(self.weight)
+        prefix, grid = self.weight[:, :self.num_prefix], self.weight[:, self.num_prefix:]
+        grid = grid.reshape(1, *self.grid_hw, C).permute(0, 3, 1, 2)  # [1, C, h0, w0]
+        grid = F.interpolate(grid, size=tuple(hw), mode='bicubic', align_corners=False)
+        return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """x: [B, P + h*w, C] -> x + embedding."""
+        return x + self.table(hw)
+
+
+class PEG(nn.Module):
+    """Positional encoding generator (CPVT; Twins' PosCNN), ablation 11f on the pyramid:
+    ``x + dwconv3x3(x)`` on the token map (depth-wise 3×3 conv with bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=True)
+
+    def forward(self, x: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """x: [B, h*w, C] (row-major) -> [B, h*w, C]."""
+        B, N, C = x.shape
+        fmap = x.transpose(1, 2).reshape(B, C, *hw)  # [B, C, h, w]
+        return x + self.proj(fmap).flatten(2).transpose(1, 2)
 
 
 class LayerScale(nn.Module):
@@ -181,23 +205,20 @@ class LayerScale(nn.Module):
         return x * self.weight
 
 
-def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Stochastic depth: drop whole residual branches per sample."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
-
-
 class DropPath(nn.Module):
+    """Stochastic depth: zero a whole residual branch per sample with probability ``p``
+    (and scale the kept ones by ``1/(1-p)``) while training."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.p, self.training)
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
         return f'p={self.p}'
@@ -208,7 +229,9 @@ class VisionLLaMABlock(BaseModule):
 
     Args:
         dim, num_heads: width and heads (head dim divisible by 4).
-        ffn_hidden: SwiGLU hidden size.
+        ffn_hidden: MLP hidden size.
+        mlp_type: ``'swiglu'`` (default) or ``'gelu'`` (the ViT MLP, ablation 11a).
+        norm_type: ``'ln'`` (default, eps ``norm_eps``) or ``'rmsnorm'`` (ablation 11g).
         qkv_bias, ffn_bias: biases of the attention projections / SwiGLU.
         layer_scale_init: initial layer-scale value; 0 disables layer scale.
         drop_path: stochastic-depth rate on both branches.
@@ -227,16 +250,21 @@ class VisionLLaMABlock(BaseModule):
                  ffn_bias: bool = False, layer_scale_init: float = 0.0,
                  drop_path: float = 0.0, attn_drop: float = 0.0, drop: float = 0.0,
                  norm_eps: float = 1e-6, window_size: int = 0, window_pad_mask: bool = True,
-                 sr_ratio: int = 1, sr_pad: bool = True, init_cfg=None):
+                 sr_ratio: int = 1, sr_pad: bool = True, mlp_type: str = 'swiglu',
+                 norm_type: str = 'ln', init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.window_size = int(window_size)
         self.window_pad_mask = window_pad_mask
-        self.ln1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.ln1 = build_norm(norm_type, dim, norm_eps)
         self.attn = RoPEAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
                                   proj_drop=drop, sr_ratio=sr_ratio, norm_eps=norm_eps,
                                   sr_pad=sr_pad)
-        self.ln2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.ffn = SwiGLU(dim, ffn_hidden, bias=ffn_bias, drop=drop)
+        self.ln2 = build_norm(norm_type, dim, norm_eps)
+        check_choice('mlp_type', mlp_type, MLP_TYPES)
+        if mlp_type == 'swiglu':
+            self.ffn = SwiGLU(dim, ffn_hidden, bias=ffn_bias, drop=drop)
+        else:  # the ViT MLP has biases
+            self.ffn = GeluMLP(dim, ffn_hidden, drop=drop)
         if layer_scale_init > 0:
             self.ls1 = LayerScale(dim, layer_scale_init)
             self.ls2 = LayerScale(dim, layer_scale_init)
@@ -244,8 +272,8 @@ class VisionLLaMABlock(BaseModule):
             self.ls1 = self.ls2 = nn.Identity()
         self.drop_path = DropPath(drop_path)
 
-    def _attention(self, x: Tensor, hw: Optional[Tuple[int, int]], rope: Optional[RopeTable],
-                   rope_k: Optional[RopeTable]) -> Tensor:
+    def _attention(self, x: Tensor, hw: Optional[Tuple[int, int]], rope: Optional[Table],
+                   rope_k: Optional[Table]) -> Tensor:
         if self.window_size <= 0:
             return self.attn(x, rope, rope_k, hw)
         ws = self.window_size
@@ -254,30 +282,11 @@ class VisionLLaMABlock(BaseModule):
         out = self.attn(windows, rope, attn_mask=mask)
         return window_unpartition(out, hw, padded_hw, ws)
 
-    def _residual(self, x: Tensor, y: Tensor, ls: nn.Module) -> Tensor:
-        """``x + DropPath(LS(y))`` as one fused multiply-add ``x + y * scale``.
-
-        ``scale`` is the layer-scale weight [C], times (training with drop path) the
-        per-sample keep mask / keep probability [B, 1, 1]; the same random draw as
-        :func:`drop_path`, without the two extra passes over [B, N, C].
-        """
-        scale = ls.weight if isinstance(ls, LayerScale) else None
-        p = self.drop_path.p
-        if self.drop_path.training and p > 0:
-            keep = 1.0 - p
-            mask = y.new_empty((y.shape[0],) + (1,) * (y.dim() - 1)).bernoulli_(keep)
-            mask = mask.div_(keep)
-            scale = mask if scale is None else mask * scale
-        if scale is None:
-            return x + y
-        return scaled_residual(x, y, scale)
-
     def forward(self, x: Tensor, hw: Optional[Tuple[int, int]] = None,
-                rope: Optional[RopeTable] = None,
-                rope_k: Optional[RopeTable] = None) -> Tensor:
+                rope: Optional[Table] = None, rope_k: Optional[Table] = None) -> Tensor:
         """x: [B, N, C]; ``hw`` the token grid (needed by windows and pooled keys)."""
-        x = self._residual(x, self._attention(self.ln1(x), hw, rope, rope_k), self.ls1)
-        return self._residual(x, self.ffn(self.ln2(x)), self.ls2)
+        x = x + self.drop_path(self.ls1(self._attention(self.ln1(x), hw, rope, rope_k)))
+        return x + self.drop_path(self.ls2(self.ffn(self.ln2(x))))
 
 
 class PatchEmbed(nn.Module):

@@ -1,4 +1,4 @@
-"""Masked-autoencoder encoder on the plain VisionLLaMA (DESIGN.md §2.5).
+"""Masked-autoencoder encoder on the plain VisionLLaMA (docs/design.md).
 
 Drop-in for mmpretrain's ``MAEViT`` inside the stock ``MAE`` algorithm with its
 ``MAEPretrainDecoder`` neck and ``MAEPretrainHead``: ``forward(x, mask=True)`` returns
@@ -17,6 +17,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .backbone_utils import is_pretrained, run_block
+from .rope import gather_tokens
 from .vision_llama import VisionLLaMA
 
 
@@ -35,6 +37,9 @@ class VisionLLaMAMAE(VisionLLaMA):
             raise ValueError(f'mask_ratio must be in [0, 1), got {mask_ratio}')
         if kwargs.get('window_size', 0):
             raise ValueError('VisionLLaMAMAE does not support window attention')
+        if kwargs.get('abs_pos_embed') is not None:
+            raise ValueError('VisionLLaMAMAE does not support abs_pos_embed (the released '
+                             'MAE encoder has RoPE only); set abs_pos_embed=None')
         super().__init__(arch=arch, out_type=out_type, **kwargs)
         self.mask_ratio = mask_ratio
         if self.out_indices != [self.num_layers - 1]:
@@ -43,11 +48,8 @@ class VisionLLaMAMAE(VisionLLaMA):
 
     def init_weights(self) -> None:
         super().init_weights()
-        if self.with_cls_token and not self._is_pretrained():
+        if self.with_cls_token and not is_pretrained(self.init_cfg):
             torch.nn.init.normal_(self.cls_token, std=0.02)  # as mmpretrain's MAEViT
-
-    def _is_pretrained(self) -> bool:
-        return isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
 
     def random_masking(self, x: Tensor, mask_ratio: float
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -75,7 +77,7 @@ class VisionLLaMAMAE(VisionLLaMA):
         """Blocks on patch tokens [B, n, C], then class token (if any), then final norm."""
         tokens = self.drop_after_pos(tokens)
         for layer in self.layers:
-            tokens = layer(tokens, hw, table)
+            tokens = run_block(layer, tokens, hw, table, with_cp=self.with_cp)
         if self.with_cls_token:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         if self.final_norm:
@@ -90,6 +92,5 @@ class VisionLLaMAMAE(VisionLLaMA):
         if mask is None or mask is False:
             return (self._format_output(self._encode(tokens, hw, table), hw), )
         tokens, mask_map, ids_restore, ids_keep = self.random_masking(tokens, self.mask_ratio)
-        if table is not None:
-            table = table.select(ids_keep)  # [B, N_keep, Hc]
+        table = gather_tokens(table, ids_keep)  # kept tokens keep their positions
         return self._encode(tokens, hw, table), mask_map, ids_restore

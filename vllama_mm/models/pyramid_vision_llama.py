@@ -1,4 +1,4 @@
-"""Pyramid VisionLLaMA: the Twins-SVT layout with RoPE/SwiGLU blocks (DESIGN.md §2.4).
+"""Pyramid VisionLLaMA: the Twins-SVT layout with RoPE/SwiGLU blocks (docs/design.md).
 
 Four stages; each starts with a Conv(k=s=4, then 2) + LN patch embedding and alternates
 locally-grouped attention (LSA: 7×7 windows, window-local RoPE) with global
@@ -10,16 +10,17 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
-from .rope import RoPE2D, RopeTable, _pair, grid_positions
-from .vision_llama import _init_module, check_checkpoint_shapes, check_rates, resolve_arch
+from .blocks import (PEG, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm, check_choice,
+                     mlp_hidden, rope_rotary_dim, swiglu_hidden)
+from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
+                             resolve_arch, resolve_out_indices, run_block)
+from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
 HEAD_DIM = 32
@@ -64,7 +65,7 @@ class PyramidVisionLLaMA(BaseModule):
             classifier feature ``norm(mean(norm(x)))``; ``featmap`` GSA positions
             (queries and keys) scaled by ``14 / H_stage`` on both axes (the authors'
             seg/det ``auto_scale``). LSA positions are window-local 0..6 in both.
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'`` or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'`` or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
             stages halve it, rounding up).
@@ -77,6 +78,17 @@ class PyramidVisionLLaMA(BaseModule):
             ``train()``. -1 or 0 freezes nothing.
         with_cp: activation checkpointing per block.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+        mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
+            ablations (11a, 11g, 11b, 11d; ``'ntk_fixed'``), as in :class:`VisionLLaMA`;
+            ``norm_type`` covers the block norms and the output norms (``norm``,
+            ``norms``), not the patch-embedding and GSA sub-sampling LNs (as the
+            authors' code).
+        abs_pos_embed: None (default) or ``'learnable'``: a learnable absolute
+            position embedding ``pos_embeds.{s}`` per stage, added after the stage's
+            patch embedding (PVT style; ablation 11f). The authors' released pyramid
+            code builds but never adds its ``pos_embed``; this is our reading.
+        use_peg: a PEG (``pegs.{s}``: depth-wise 3×3 conv, ``x + conv(x)``) after the
+            first block of each stage (the authors' ``use_peg``, ablation 11f).
 
     Parameters: ``patch_embeds.{s}``, ``stages.{s}.{j}`` (blocks: ``ln1``, ``attn``,
     ``ls1``, ``ln2``, ``ffn``, ``ls2``), ``norms.{s}`` (``featmap``) or ``norm``
@@ -97,7 +109,7 @@ class PyramidVisionLLaMA(BaseModule):
     arch_defaults = dict(num_heads=None, sr_ratios=[8, 4, 2, 1], feedforward_channels=None,
                          layer_scale_init=1e-4, ffn_bias=False)
     OUT_TYPES = ('featmap', 'avg_featmap')
-    ROPE_TYPES = ('as2d', '2d', 'ntk', 'none')
+    ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'none')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
     # compat preset -> out_type -> switches. gsa_scale None: from rope_type (AS2DRoPE);
     # 'official': 14 / H_stage on both axes; a number: that scale on both axes.
@@ -128,6 +140,13 @@ class PyramidVisionLLaMA(BaseModule):
                  norm_eps: float = 1e-5,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 mlp_type: str = 'swiglu',
+                 norm_type: str = 'ln',
+                 rope_ratio: float = 1.0,
+                 rope_shared: bool = True,
+                 rope_ntk_factor: float = 2.0,
+                 abs_pos_embed: Optional[str] = None,
+                 use_peg: bool = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         a = self._resolve_arch(arch)
@@ -137,7 +156,16 @@ class PyramidVisionLLaMA(BaseModule):
         self.depths: List[int] = a['depths']
         self.num_heads: List[int] = a['num_heads']
         self.sr_ratios: List[int] = a['sr_ratios']
-        ffn_hidden: List[int] = a['feedforward_channels']
+        ffn_hidden: List[int] = [mlp_hidden(mlp_type, d, h) for d, h in
+                                 zip(self.embed_dims, a['feedforward_channels'])]
+        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
+        check_choice('abs_pos_embed', abs_pos_embed, (None, 'learnable'))
+        for name, flag in (('rope_shared', rope_shared), ('use_peg', use_peg)):
+            if not isinstance(flag, bool):
+                raise ValueError(f'{name} must be True or False, got {flag!r}')
+        rotary_dim = rope_rotary_dim(rope_ratio, HEAD_DIM)
+        self.abs_pos_embed = abs_pos_embed
+        self.use_peg = use_peg
 
         # -- options ---------------------------------------------------------------
         for name, value, allowed in (('out_type', out_type, self.OUT_TYPES),
@@ -166,8 +194,12 @@ class PyramidVisionLLaMA(BaseModule):
         anchor = _pair(rope_anchor) if rope_anchor is not None else \
             tuple(math.ceil(s / 4) for s in self.img_size)
         self.ropes = nn.ModuleList()
-        for _ in range(NUM_STAGES):
-            self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta))
+        stage_grids = []
+        for s in range(NUM_STAGES):
+            self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta,
+                                     rotary_dim=rotary_dim, num_heads=self.num_heads[s],
+                                     shared=rope_shared, ntk_factor=rope_ntk_factor))
+            stage_grids.append(anchor)
             anchor = tuple(math.ceil(s / 2) for s in anchor)
 
         # -- stages ------------------------------------------------------------------
@@ -191,19 +223,25 @@ class PyramidVisionLLaMA(BaseModule):
                     drop_path=dpr[cursor + j], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if lsa else 0,
                     window_pad_mask=self.window_pad_mask,
-                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=self.gsa_pool == 'pad')
+                    sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=self.gsa_pool == 'pad',
+                    mlp_type=mlp_type, norm_type=norm_type)
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]
         self.with_cp = with_cp
+        if abs_pos_embed is not None:  # [1, H_s*W_s, C_s] at the stage's pre-training grid
+            self.pos_embeds = nn.ModuleList(
+                AbsPosEmbed(abs_pos_embed, d, g) for d, g in zip(self.embed_dims, stage_grids))
+        if use_peg:
+            self.pegs = nn.ModuleList(PEG(d) for d in self.embed_dims)
 
         # -- norms -------------------------------------------------------------------
         if out_type == 'featmap':
-            # one LN per stage, in the main path (stage s output -> norms.s -> stage s+1)
+            # one norm per stage, in the main path (stage s output -> norms.s -> stage s+1)
             self.norms = nn.ModuleList(
-                nn.LayerNorm(d, eps=norm_eps) for d in self.embed_dims)
+                build_norm(norm_type, d, norm_eps) for d in self.embed_dims)
         else:
-            self.norm = nn.LayerNorm(self.embed_dims[-1], eps=norm_eps)
+            self.norm = build_norm(norm_type, self.embed_dims[-1], norm_eps)
 
         if not -1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
@@ -250,19 +288,7 @@ class PyramidVisionLLaMA(BaseModule):
     def _resolve_out_indices(out_indices, out_type: str) -> List[int]:
         if out_indices is None:
             out_indices = (0, 1, 2, 3) if out_type == 'featmap' else (NUM_STAGES - 1,)
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence):
-            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
-        if isinstance(out_indices, str) or not out_indices or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
-        result = []
-        for i in out_indices:
-            j = i + NUM_STAGES if i < 0 else i
-            if not 0 <= j < NUM_STAGES:
-                raise ValueError(f'out_indices {i} is out of range for {NUM_STAGES} stages')
-            result.append(j)
+        result = resolve_out_indices(out_indices, NUM_STAGES, 'stages')
         if out_type == 'avg_featmap' and result != [NUM_STAGES - 1]:
             raise ValueError('out_type="avg_featmap" pools the last stage only; '
                              f'out_indices must be (3,), got {tuple(out_indices)}')
@@ -270,9 +296,8 @@ class PyramidVisionLLaMA(BaseModule):
 
     # ------------------------------------------------------------------ init / loading
     def init_weights(self) -> None:
-        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
-        if not pretrained:
-            self.apply(_init_module)  # layer-scale weights keep their init value
+        if not is_pretrained(self.init_cfg):
+            self.apply(init_module)  # layer-scale weights keep their init value
         super().init_weights()
 
     def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -297,6 +322,7 @@ class PyramidVisionLLaMA(BaseModule):
     def _freeze_stages(self) -> None:
         for s in range(max(self.frozen_stages, 0)):
             modules = [self.patch_embeds[s], self.stages[s]]
+            modules += [getattr(self, n)[s] for n in ('pos_embeds', 'pegs') if hasattr(self, n)]
             if self.out_type == 'featmap':
                 modules.append(self.norms[s])
             if s == NUM_STAGES - 1 and hasattr(self, 'norm'):
@@ -344,7 +370,7 @@ class PyramidVisionLLaMA(BaseModule):
         return grid_positions(hk, wk, scale, offset=(o, o), stride=(sr, sr), row_length=hw[1])
 
     def rope_tables(self, stage: int, hw: Tuple[int, int], device: torch.device
-                    ) -> Tuple[Optional[RopeTable], Optional[RopeTable], Optional[RopeTable]]:
+                    ) -> Tuple[Optional[Table], Optional[Table], Optional[Table]]:
         """(LSA window table, GSA query table, GSA key table or None) for one stage grid.
 
         All three are cached inside the stage's :class:`RoPE2D` and shared by its blocks.
@@ -352,7 +378,7 @@ class PyramidVisionLLaMA(BaseModule):
         """
         rope = self.ropes[stage]
         ws = self.window_size
-        lsa = rope.grid(ws, ws, device, scale=(1.0, 1.0))  # window-local 0..ws-1
+        lsa = rope.grid(ws, ws, device, local=True)  # window-local 0..ws-1
         scale = self.gsa_scale(stage, hw)
         gsa_q = rope.grid(hw[0], hw[1], device, scale=scale)
         sr = self.sr_ratios[stage]
@@ -364,13 +390,6 @@ class PyramidVisionLLaMA(BaseModule):
         return lsa, gsa_q, gsa_k
 
     # ------------------------------------------------------------------ forward
-    def _run_block(self, blk: VisionLLaMABlock, x: Tensor, hw: Tuple[int, int],
-                   table: Optional[RopeTable], table_k: Optional[RopeTable]) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return torch.utils.checkpoint.checkpoint(blk, x, hw, table, table_k,
-                                                     use_reentrant=False)
-        return blk(x, hw, table, table_k)
-
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Images [B, C_in, H, W] -> tuple of [B, C_s, H_s, W_s] maps or ([B, C_4],)."""
         outs = []
@@ -378,12 +397,16 @@ class PyramidVisionLLaMA(BaseModule):
         B = x.shape[0]
         for s in range(NUM_STAGES):
             x, hw = self.patch_embeds[s](x)  # [B, H_s*W_s, C_s], row-major
+            if self.abs_pos_embed is not None:
+                x = self.pos_embeds[s](x, hw)
             lsa, gsa_q, gsa_k = self.rope_tables(s, hw, x.device)
             for j, blk in enumerate(self.stages[s]):
                 if j % 2 == 0:
-                    x = self._run_block(blk, x, hw, lsa, None)
+                    x = run_block(blk, x, hw, lsa, None, with_cp=self.with_cp)
                 else:
-                    x = self._run_block(blk, x, hw, gsa_q, gsa_k)
+                    x = run_block(blk, x, hw, gsa_q, gsa_k, with_cp=self.with_cp)
+                if j == 0 and self.use_peg:
+                    x = self.pegs[s](x, hw)  # [B, H_s*W_s, C_s]
             C = x.shape[-1]
             if self.out_type == 'featmap':
                 x = self.norms[s](x)  # [B, N_s, C_s]: the output and the next stage's input
@@ -412,8 +435,10 @@ class PyramidVisionLLaMA(BaseModule):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
         parts = name.split('.')
-        if parts[0] == 'patch_embeds':
+        if parts[0] in ('patch_embeds', 'pos_embeds'):
             depth = sum(self.depths[:int(parts[1])])
+        elif parts[0] == 'pegs':  # after the stage's first block
+            depth = sum(self.depths[:int(parts[1])]) + 1
         elif parts[0] == 'stages':
             s, j = int(parts[1]), int(parts[2])
             depth = sum(self.depths[:s]) + j + 1

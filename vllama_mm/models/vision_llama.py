@@ -1,16 +1,17 @@
 """Plain (ViT-like) VisionLLaMA backbone, with optional ViTDet-style window attention."""
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
+                             resolve_arch, resolve_out_indices, run_block)
+from .blocks import (ABS_POS_TYPES, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm,
+                     check_choice, mlp_hidden, rope_rotary_dim, swiglu_hidden)
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
 
 
@@ -19,60 +20,6 @@ def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn_ratio: float = 8
     return dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
                 feedforward_channels=swiglu_hidden(embed_dims, ffn_ratio),
                 layer_scale_init=layer_scale_init, ffn_bias=ffn_bias)
-
-
-def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequence[str],
-                 defaults: Dict, owner: str) -> Dict:
-    """Arch preset name or custom dict -> full arch dict, with errors that name the problem."""
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key not in zoo:
-            raise ValueError(f'{owner}: unknown arch {arch!r}; choose one of '
-                             f'{sorted(zoo)} or pass a dict with keys {sorted(essential)}')
-        return copy.deepcopy(zoo[key])
-    if not isinstance(arch, dict):
-        raise TypeError(f'{owner}: arch must be a str or dict, got {type(arch).__name__}')
-    missing = set(essential) - set(arch)
-    if missing:
-        raise ValueError(f'{owner}: custom arch is missing keys {sorted(missing)} '
-                         f'(needs {sorted(essential)})')
-    unknown = set(arch) - set(essential) - set(defaults)
-    if unknown:
-        raise ValueError(f'{owner}: custom arch has unknown keys {sorted(unknown)}; '
-                         f'allowed: {sorted(set(essential) | set(defaults))}')
-    full = copy.deepcopy(defaults)
-    full.update(arch)
-    return full
-
-
-def check_rates(**rates: float) -> None:
-    """Dropout / drop-path probabilities must lie in [0, 1)."""
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f'{name} must be in [0, 1), got {p}')
-
-
-def check_checkpoint_shapes(module: nn.Module, state_dict: Dict[str, Tensor],
-                            prefix: str) -> None:
-    """Raise ValueError when checkpoint tensors under ``prefix`` have other shapes here.
-
-    mmengine's ``Pretrained`` init loads with ``strict=False`` and only logs a warning on
-    size mismatches, leaving those parameters at their random init: a checkpoint of
-    another arch would silently train from scratch. Called from the load pre-hooks.
-    """
-    own = module.state_dict()
-    bad = []
-    for key, value in state_dict.items():
-        name = key[len(prefix):]
-        if key.startswith(prefix) and name in own and hasattr(value, 'shape') \
-                and tuple(value.shape) != tuple(own[name].shape):
-            bad.append(f'{name} {tuple(value.shape)} in the checkpoint vs '
-                       f'{tuple(own[name].shape)} here')
-    if bad:
-        raise ValueError(f'{type(module).__name__}: checkpoint does not fit this arch, '
-                         f'{len(bad)} tensors differ in shape ({"; ".join(bad[:3])}'
-                         f'{"; ..." if len(bad) > 3 else ""}); check `arch` against the '
-                         'checkpoint (or convert it first)')
 
 
 class VisionLLaMA(BaseModule):
@@ -97,7 +44,8 @@ class VisionLLaMA(BaseModule):
         with_cls_token: prepend a class token.
         cls_token_rope: ``'none'`` (class token unrotated) or ``'official'`` (rotated
             at ``t = -1``: ``x = w-1, y = -1``).
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'`` or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'``, ``'ntk_fixed'``
+            or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: anchor grid ``(h, w)`` overriding ``img_size / patch_size``,
             e.g. the pre-training grid when fine-tuning at another size.
@@ -113,6 +61,19 @@ class VisionLLaMA(BaseModule):
         global_attn_indexes: blocks with global attention when ``window_size > 0``.
         window_pad_mask: mask zero-padded window tokens (default) or not (ViTDet).
         with_cp: activation checkpointing per block (saves memory when training).
+        mlp_type: ``'swiglu'`` (default) or ``'gelu'`` (ViT MLP, hidden 4d, biased;
+            ablation 11a; ``feedforward_channels`` then does not apply).
+        norm_type: ``'ln'`` (default) or ``'rmsnorm'`` (the authors' RMSNorm, eps
+            1e-6) for the block norms and the final norms ``ln1``/``ln2`` (11g).
+        rope_ratio: fraction of each head's channels that RoPE rotates, the first
+            ``int(ratio * Hc)`` (a multiple of 4; the authors' ``rpe_ratio``, 11b).
+        rope_shared: True (default): one RoPE over a head's channels, shared by all
+            heads; False: one RoPE over the full embedding width, head h taking its
+            slice (the authors' ``share_rpe=False``, 11d).
+        rope_ntk_factor: theta multiplier of ``rope_type='ntk_fixed'``.
+        abs_pos_embed: None (default), ``'learnable'`` or ``'sincos'``: an absolute
+            position embedding ``pos_embed`` added after the patch embedding (class
+            token slot included), on top of RoPE (the authors' ``use_abs``/``lr_pe``).
     """
 
     arch_zoo = {
@@ -152,6 +113,12 @@ class VisionLLaMA(BaseModule):
                  global_attn_indexes: Sequence[int] = (),
                  window_pad_mask: bool = True,
                  with_cp: bool = False,
+                 mlp_type: str = 'swiglu',
+                 norm_type: str = 'ln',
+                 rope_ratio: float = 1.0,
+                 rope_shared: bool = True,
+                 rope_ntk_factor: float = 2.0,
+                 abs_pos_embed: Optional[str] = None,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
@@ -169,8 +136,15 @@ class VisionLLaMA(BaseModule):
         self.embed_dims = int(a['embed_dims'])
         self.num_layers = int(a['num_layers'])
         self.num_heads = int(a['num_heads'])
-        ffn_hidden = a['feedforward_channels'] or swiglu_hidden(self.embed_dims)
         head_dim = check_heads(self.embed_dims, self.num_heads)
+        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
+        if not isinstance(rope_shared, bool):
+            raise ValueError(f'rope_shared must be True or False, got {rope_shared!r}')
+        check_choice('abs_pos_embed', abs_pos_embed, ABS_POS_TYPES)
+        ffn_hidden = mlp_hidden(mlp_type, self.embed_dims,
+                                a['feedforward_channels'] or swiglu_hidden(self.embed_dims))
+        rotary_dim = rope_rotary_dim(rope_ratio, head_dim)
+        self.norm_type = norm_type
 
         if out_type not in self.OUT_TYPES:
             raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
@@ -194,25 +168,19 @@ class VisionLLaMA(BaseModule):
             raise ValueError(f'img_size {self.img_size} is smaller than patch_size {patch_size}')
         anchor = rope_anchor or tuple(-(-s // self.patch_size) for s in self.img_size)
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, self.patch_size)
-        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta)
+        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta,
+                           rotary_dim=rotary_dim, num_heads=self.num_heads,
+                           shared=rope_shared, ntk_factor=rope_ntk_factor)
 
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
 
-        # out_indices -> non-negative, validated
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence):
-            raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
-        if isinstance(out_indices, str) or not out_indices or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-            raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
-        self.out_indices = []
-        for i in out_indices:
-            j = i + self.num_layers if i < 0 else i
-            if not 0 <= j < self.num_layers:
-                raise ValueError(f'out_indices {i} is out of range for {self.num_layers} layers')
-            self.out_indices.append(j)
+        self.abs_pos_embed = abs_pos_embed
+        if abs_pos_embed is not None:
+            self.pos_embed = AbsPosEmbed(abs_pos_embed, self.embed_dims, _pair(anchor),
+                                         num_prefix=self.num_extra_tokens)
+
+        self.out_indices = resolve_out_indices(out_indices, self.num_layers, 'layers')
 
         # windows (ViTDet)
         if window_size < 0:
@@ -242,15 +210,16 @@ class VisionLLaMA(BaseModule):
                     ffn_bias=a['ffn_bias'], layer_scale_init=a['layer_scale_init'],
                     drop_path=dpr[i], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if windowed else 0,
-                    window_pad_mask=window_pad_mask))
+                    window_pad_mask=window_pad_mask, mlp_type=mlp_type,
+                    norm_type=norm_type))
         self.with_cp = with_cp
         self.drop_after_pos = nn.Dropout(drop_rate)
 
         self.final_norm = final_norm
         if final_norm:
-            self.ln1 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+            self.ln1 = build_norm(norm_type, self.embed_dims, norm_eps)
         if out_type == 'avg_featmap':
-            self.ln2 = nn.LayerNorm(self.embed_dims, eps=norm_eps)
+            self.ln2 = build_norm(norm_type, self.embed_dims, norm_eps)
 
         if not -1 <= frozen_stages <= self.num_layers:
             raise ValueError(f'frozen_stages must be in [-1, {self.num_layers}], '
@@ -262,9 +231,8 @@ class VisionLLaMA(BaseModule):
 
     # ------------------------------------------------------------------ init / loading
     def init_weights(self) -> None:
-        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
-        if not pretrained:
-            self.apply(_init_module)
+        if not is_pretrained(self.init_cfg):
+            self.apply(init_module)
             if self.with_cls_token:
                 nn.init.trunc_normal_(self.cls_token, std=0.02)
         super().init_weights()
@@ -273,7 +241,7 @@ class VisionLLaMA(BaseModule):
         """Drop checkpoint entries this backbone has no use for, saying why."""
         logger = MMLogger.get_current_instance()
         key = prefix + 'pos_embed'
-        if key in state_dict:
+        if key in state_dict and self.abs_pos_embed is None:
             del state_dict[key]
             logger.info(f'{key}: dropped. VisionLLaMA encodes positions with RoPE; the '
                         'absolute position embedding of MAE checkpoints is unused.')
@@ -297,6 +265,8 @@ class VisionLLaMA(BaseModule):
         if self.frozen_stages <= 0:
             return
         self._freeze_module(self.patch_embed)
+        if self.abs_pos_embed is not None:
+            self._freeze_module(self.pos_embed)
         if self.with_cls_token:
             self.cls_token.requires_grad = False
         for i in range(self.frozen_stages):
@@ -317,6 +287,8 @@ class VisionLLaMA(BaseModule):
         x, hw = self.patch_embed(x)
         if self.with_cls_token:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.abs_pos_embed is not None:
+            x = self.pos_embed(x, hw)  # [B, N(+1), D]
         return self.drop_after_pos(x), hw
 
     def rope_tables(self, hw: Tuple[int, int], device: torch.device):
@@ -325,7 +297,7 @@ class VisionLLaMA(BaseModule):
                               self.cls_token_rope)
         win = None
         if self.window_size > 0:  # window-local positions 0..ws-1, never rescaled
-            win = self.rope.grid(self.window_size, self.window_size, device, scale=(1.0, 1.0))
+            win = self.rope.grid(self.window_size, self.window_size, device, local=True)
         return glob, win
 
     def forward_layers(self, x: Tensor, hw: Tuple[int, int], glob, win,
@@ -334,10 +306,7 @@ class VisionLLaMA(BaseModule):
         outs = []
         for i, layer in enumerate(self.layers):
             table = win if layer.window_size > 0 else glob
-            if self.with_cp and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(layer, x, hw, table, use_reentrant=False)
-            else:
-                x = layer(x, hw, table)
+            x = run_block(layer, x, hw, table, with_cp=self.with_cp)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.ln1(x)
             if i in out_indices:
@@ -371,7 +340,7 @@ class VisionLLaMA(BaseModule):
         if not param_name.startswith(prefix):
             return num_layers - 1, num_layers
         name = param_name[len(prefix):]
-        if name in ('cls_token', 'pos_embed') or name.startswith('patch_embed'):
+        if name == 'cls_token' or name.startswith(('pos_embed', 'patch_embed')):
             depth = 0
         elif name.startswith('layers.'):
             depth = int(name.split('.')[1]) + 1
@@ -379,18 +348,3 @@ class VisionLLaMA(BaseModule):
             depth = num_layers - 1
         return depth, num_layers
 
-
-def _init_module(m: nn.Module) -> None:
-    """Default init: trunc-normal(0.02) linears, zero biases, conv like a linear layer."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        w = m.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)

@@ -144,7 +144,6 @@ def run(steps: int = 400, train_size: int = 32, num_train: int = 4000, num_test:
         sizes: Optional[Sequence[int]] = None, variants: Sequence[str] = (
             'none', '1d', '2d', 'ntk', 'ntk_fixed', 'as2d')) -> Dict:
     """Train one tiny model per trained variant, evaluate every variant at every size."""
-    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no init_weights report
     if train_size % 8:
         raise ValueError(f'--train-size must be a multiple of 8 (patch 4, 0.5x), got {train_size}')
     sizes = list(sizes or [train_size // 2, train_size * 3 // 4, train_size,
@@ -190,6 +189,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = p.parse_args(argv)
     if args.steps <= 0 or args.num_train <= 0 or args.num_test <= 0:
         p.error('--steps, --num-train and --num-test must be positive')
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # no init_weights report
     summary = run(args.steps, args.train_size, args.num_train, args.num_test,
                   ntk_factor=args.ntk_factor, seed=args.seed)
     tool = _load_tool()

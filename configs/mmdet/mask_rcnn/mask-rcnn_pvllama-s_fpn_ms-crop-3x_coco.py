@@ -1,6 +1,6 @@
 # Mask R-CNN FPN with the Pyramid VisionLLaMA-S backbone, 3x (36 epochs) schedule with
 # the DETR-style multi-scale + crop augmentation of mmdet's Swin/Twins 3x configs
-# (VisionLLaMA paper, COCO detection with the pyramid backbone; DESIGN.md §3).
+# (VisionLLaMA paper, COCO detection with the pyramid backbone; docs/design.md).
 # Batch 16 = 8 GPUs x 2 images; AdamW lr 1e-4, wd 0.05 (none on norms).
 #   bash tools/dist_train.sh configs/mmdet/mask_rcnn/mask-rcnn_pvllama-s_fpn_ms-crop-3x_coco.py 8 --amp
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
@@ -26,7 +26,7 @@ model = dict(
         # The released pyramid weights were trained by the official code: GSA keys at its
         # positions (row length W), its seg/det GSA scale 14 / H_stage, unmasked zero-padded
         # LSA windows, flooring GSA sub-sampling (what official2vllama.py prints for them;
-        # DESIGN.md §2.7). Delete these four lines to use the correct geometry (e.g. with
+        # docs/design.md, RoPE). Delete these four lines to use the correct geometry (e.g. with
         # weights trained by vllama_mm, or from scratch).
         rope_compat='official',
         rope_scale='official',

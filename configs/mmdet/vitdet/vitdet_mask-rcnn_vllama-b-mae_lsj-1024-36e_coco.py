@@ -1,5 +1,5 @@
 # ViTDet Mask R-CNN with the MAE-pretrained plain VisionLLaMA-B (the paper's recipe:
-# LSJ at 1024, 36 epochs, layer-wise lr decay 0.7, AdamW lr 1e-4, wd 0.1; DESIGN.md §3).
+# LSJ at 1024, 36 epochs, layer-wise lr decay 0.7, AdamW lr 1e-4, wd 0.1; docs/design.md, Downstream rows of the paper).
 # Mirrors mmdet's projects/ViTDet (`vitdet_mask-rcnn_vit-b-mae_lsj-100e.py` on
 # `lsj-100e_coco-instance.py`), which the mmdet wheel does not ship: SimpleFPN and LN2d
 # come from vllama_mm; the rest is stock mmdet.

@@ -35,7 +35,8 @@ for a peer). ``--ref REV`` adds our models built from the ``vllama_mm/models`` o
 revision REV (before/after a change); ``--with-cp`` adds, for memory only, each of our
 models with activation checkpointing.
 
-Devices: CPU by default (fp32); CUDA when available (bf16 autocast) or ``--device``.
+Devices: CPU by default (fp32; ``--amp`` for bf16 autocast); CUDA when available (bf16
+autocast) or ``--device``.
 
 Usage (the docs table, docs/benchmark.md)::
 
@@ -209,7 +210,7 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
         opt = torch.optim.SGD(params, lr=1e-6)
     else:
         opt = torch.optim.AdamW(params, lr=1e-6)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else None
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if _amp(args, device) else None
 
     def run():
         if amp is None:
@@ -233,6 +234,11 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
         opt.step()
 
     return forward, train_step
+
+
+def _amp(args, device: torch.device) -> bool:
+    """bf16 autocast (the configs' AMP training path): always on CUDA, on CPU with --amp."""
+    return device.type == 'cuda' or args.amp
 
 
 def timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
@@ -497,6 +503,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
     p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
     p.add_argument('--compile', action='store_true', help='torch.compile every model')
+    p.add_argument('--amp', action='store_true',
+                   help='bf16 autocast on CPU too (the AMP path of the configs; CUDA always)')
     p.add_argument('--with-cp', action='store_true',
                    help='also measure the peak memory of our backbones with activation '
                         'checkpointing (extra "(with_cp)" rows, not timed)')
@@ -639,7 +647,7 @@ def main(argv=None) -> List[Dict]:
             bar.update()
     gemm = []
     # the ceiling in the precision the models run in
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    dtype = torch.bfloat16 if _amp(args, device) else torch.float32
     # wall clock, or the process's CPU time (all its threads): on a machine shared with
     # other jobs, CPU time with --threads 1 is not inflated by waiting for a core
     clock = time.process_time if args.timer == 'cpu' else time.perf_counter
@@ -675,7 +683,7 @@ def main(argv=None) -> List[Dict]:
         extras += f' (training step not timed for {", ".join(skipped)}: over ' \
                   f'--train-max-pixels on CPU)'
     meta = dict(date=time.strftime('%Y-%m-%d %H:%M'), machine=machine_info(device),
-                precision='bf16 autocast' if device.type == 'cuda' else 'fp32',
+                precision='bf16 autocast' if _amp(args, device) else 'fp32',
                 load_before=' '.join(f'{v:.1f}' for v in load_before),
                 load_after=' '.join(f'{v:.1f}' for v in load_after),
                 repeats=args.repeats, warmup=args.warmup, optimizer=args.optimizer,

@@ -256,6 +256,10 @@ def test_flops_doc_update_keeps_the_other_rows(tmp_path):
     assert rows == ['| config | x |', '| a | 1 |', '| b | 20 |', '| c | 3 |', '| d | 4 |']
     dt.update_doc(str(tmp_path / 'new.md'), 'flops', header, ['| a | 1 |'])
     assert '| a | 1 |' in (tmp_path / 'new.md').read_text()
+    # another column layout cannot be merged: the old table is replaced
+    dt.update_doc(str(doc), 'flops', ['| config | y | z |', '|---|---|---|'], ['| e | 5 | 6 |'])
+    rows = [line for line in doc.read_text().splitlines() if line.startswith('| ')]
+    assert rows == ['| config | y | z |', '| e | 5 | 6 |']
 
 
 def test_get_flops_builds_from_a_config_and_updates_only_its_rows(tmp_path):

@@ -6,7 +6,7 @@ other row already in the doc is kept (a run on ``--models a`` must not delete ``
 Text outside the markers is never touched.
 """
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 
 def _markers(name: str) -> Tuple[str, str]:
@@ -19,16 +19,14 @@ def row_key(line: str) -> str:
 
 
 def merge_rows(old_block: str, header: Sequence[str], rows: Sequence[str]) -> List[str]:
-    """Table lines: ``header`` then the old rows (updated in place by key) plus new rows."""
+    """Table lines: ``header``, then the old rows (replaced in place when a new row has
+    their key) and the new rows with new keys. An old table with another header (other
+    columns) cannot be merged and is dropped."""
+    old = [line for line in old_block.splitlines() if line.strip().startswith('|')]
+    if not old or old[0].strip() != header[0].strip():
+        old = []
     new = {row_key(r): r for r in rows}
-    merged = []
-    for line in old_block.splitlines():
-        s = line.strip()
-        if not s.startswith('|') or s.startswith('|---') or line in header:
-            continue
-        if row_key(line) == row_key(header[0]):  # an older header
-            continue
-        merged.append(new.pop(row_key(line), line))
+    merged = [new.pop(row_key(line), line) for line in old[2:]]  # after header, |---|
     return list(header) + merged + list(new.values())
 
 

@@ -88,7 +88,11 @@ def load_config(path: str):
     if '::' not in path and not osp.exists(path):
         raise FileNotFoundError(f'config {path} not found; pass a config file path or '
                                 "an upstream one as 'mmpretrain::dir/name.py'")
-    cfg = Config.fromfile(path)
+    if '::' in path:  # a config shipped inside an installed library
+        from mmengine.hub import get_config
+        cfg = get_config(path)
+    else:
+        cfg = Config.fromfile(path)
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     return cfg

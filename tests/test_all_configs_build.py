@@ -24,7 +24,7 @@ CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py')
                  if '_base_' not in p.parts and 'generation' not in p.parts)
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet')
 
-# Parameter counts of the paper-size classifiers (DESIGN.md §2.3, §2.4: the official code's
+# Parameter counts of the paper-size classifiers (docs/design.md, Plain and Pyramid: the official code's
 # counts with a 1000-class head), keyed by config file name.
 PAPER_PARAMS = {
     'vision-llama-s-p16_8xb256-lamb-800e_in1k.py': 22.0e6,

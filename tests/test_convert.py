@@ -737,7 +737,7 @@ def test_released_pyramid_sizes_map_to_presets(dims, depths, preset):
     assert conv.backbone['arch'] == preset
     assert conv.head == dict(num_classes=1000, in_channels=dims[-1])
     n = sum(v.numel() for v in sd.values())
-    expected = {'s': 25.9e6, 'b': 56.0e6, 'l': 104.7e6}[preset]  # DESIGN.md §2.4
+    expected = {'s': 25.9e6, 'b': 56.0e6, 'l': 104.7e6}[preset]  # docs/design.md, Pyramid
     assert abs(n - expected) / expected < 5e-3
 
 

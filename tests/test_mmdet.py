@@ -289,7 +289,7 @@ def test_paper_configs_build_consistent_models():
         backbone = MODELS.build(bb_cfg).eval()
         necks = [MODELS.build(cfg.model.neck).eval(), MODELS.build(cfg_vitdet.model.neck).eval()]
     n_params = sum(p.numel() for p in backbone.parameters())
-    assert 20e6 < n_params < 30e6  # pyramid S: ~25 M with its classifier (DESIGN.md 2.4)
+    assert 20e6 < n_params < 30e6  # pyramid S: ~25 M with its classifier (docs/design.md, Pyramid)
     with torch.no_grad():
         outs = necks[0](backbone(torch.randn(1, 3, 64, 96)))
         outs_plain = necks[1]((torch.randn(1, dim, 4, 6),))

@@ -236,7 +236,7 @@ def test_every_mmpretrain_config_has_a_recipe_row():
 
 @pytest.mark.parametrize('rel', sorted(RECIPES))
 def test_recipe_values(rel):
-    """The paper's recipe numbers (DESIGN.md §3 / the authors' command lines) are what the
+    """The paper's recipe numbers (docs/design.md / the authors' command lines) are what the
     real config resolves to, and its schedule is consistent with its epoch count."""
     arch, px, batch, opt, lr, wd, epochs, dp = RECIPES[rel]
     cfg = Config.fromfile(str(ROOT / rel))

@@ -293,7 +293,7 @@ def test_configs_follow_the_recipes():
         assert variant.to_dict() == row.to_dict()  # nothing else differs
 
 
-# backbone parameters of the full-size configs: DESIGN.md §2.4/§2.3 counts (official code)
+# backbone parameters of the full-size configs: docs/design.md (Plain, Pyramid) counts (official code)
 # minus the parts the dense backbones do not have (1000-class head; MAE pos_embed, final LN)
 FULL_BACKBONE_PARAMS = {
     PYRAMID['s']: 25.90e6 - (512 * 1000 + 1000),

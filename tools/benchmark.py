@@ -26,31 +26,34 @@ of the drift of a shared, loaded machine, reported with the interquartile range 
 per-round ratios; ``TARGETS`` (the speed goals) get a verdict from that range. The
 load average is recorded.
 
-Baselines: ``vllama-*`` -> mmpretrain ``VisionTransformer`` (``vit-*``), ``pvllama-*``
--> mmpretrain Twins ``SVT`` (``svt-*``), same size, task and input (see
-``tools/analysis/get_flops.py`` for model names); ``--ref REV`` adds our models built
-from the ``vllama_mm/models`` of git revision REV (before/after a change).
+Models come from config files: each row of ``DEFAULT_PAIRS`` is one of our configs and
+the upstream config it is compared with (mmpretrain ``VisionTransformer`` for the plain
+model, Twins ``SVT`` for the pyramid), both at our config's input size; the backbone is
+``cfg.model.backbone`` (``tools/analysis/get_flops.py`` builds it). ``--models NAME``
+picks default rows by config name, positional CONFIGs time any config (``--baseline``
+for a peer). ``--ref REV`` adds our models built from the ``vllama_mm/models`` of git
+revision REV (before/after a change); ``--with-cp`` adds, for memory only, each of our
+models with activation checkpointing.
 
-Devices: CPU by default (fp32); CUDA when available (bf16 autocast) or ``--device``.
+Devices: CPU by default (fp32; ``--amp`` for bf16 autocast); CUDA when available (bf16
+autocast) or ``--device``.
 
-Usage (the docs table, docs/benchmark.md; about 9 minutes on 2 cores)::
+Usage (the docs table, docs/benchmark.md)::
 
-    python tools/benchmark.py --ref 32fba4e --ref-models vllama-b pvllama-s pvllama-b \
-        --out-dir docs/
-    python tools/benchmark.py --models vllama-b vit-b --batch 8 --repeats 15
-    python tools/benchmark.py --models pvllama-s svt-s --ref HEAD~1 --compile
+    python tools/benchmark.py --ref 5bb002e --with-cp --out-dir docs/
+    python tools/benchmark.py --models vision-llama-b --batch 8 --repeats 15
+    python tools/benchmark.py --models pyramid-vision-llama-s --ref HEAD~1 --compile
+    python tools/benchmark.py configs/mmseg/upernet/upernet_pvllama-s_8xb2-160k_ade20k-512x512.py
 """
 import argparse
 import ctypes
 import importlib
-import importlib.util
 import io
 import json
 import math
 import os
 import os.path as osp
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -65,23 +68,20 @@ from torch import nn
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+import doc_table  # noqa: E402  (the shared doc-table writer)
+import get_flops as gf  # noqa: E402  (config loading, backbone building, FLOP counting)
 
-DEFAULT_MODELS = ['vllama-b', 'vit-b', 'pvllama-s', 'svt-s', 'pvllama-b', 'svt-b',
-                  'vllama-b-seg', 'vit-b-seg', 'vllama-b-det']
-DOC_BEGIN, DOC_END = '<!-- benchmark:begin -->', '<!-- benchmark:end -->'
-
-
-def _load_get_flops():
-    """tools/analysis/get_flops.py: model names, builders and the FLOP counter."""
-    path = osp.join(ROOT, 'tools', 'analysis', 'get_flops.py')
-    spec = importlib.util.spec_from_file_location('vllama_get_flops', path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gf = _load_get_flops()
+_C = 'configs/mmpretrain/'
+#: (our config, the upstream config it is compared with); the default run
+DEFAULT_PAIRS = [
+    (_C + 'vision_llama/vision-llama-b-p16_8xb64-20e_in1k-192px-ft-224px.py',
+     'mmpretrain::vision_transformer/vit-base-p16_64xb64_in1k.py'),
+    (_C + 'pyramid_vision_llama/pyramid-vision-llama-s_8xb128_in1k.py',
+     'mmpretrain::twins/twins-svt-small_8xb128_in1k.py'),
+    (_C + 'pyramid_vision_llama/pyramid-vision-llama-b_8xb128_in1k.py',
+     'mmpretrain::twins/twins-svt-base_8xb128_in1k.py'),
+]
 
 
 # ------------------------------------------------------------------ machine
@@ -156,8 +156,9 @@ class PeakMemory:
 @dataclass
 class Entry:
     """One model of the run and its measurements."""
-    key: str  # unique label, e.g. 'vllama-b@224' or 'vllama-b@224 (ref 32fba4e)'
-    spec: 'gf.ModelSpec'
+    key: str  # unique label: the config name, '... (ref 5bb002e)', '... (with_cp)'
+    config: str
+    size: Tuple[int, int]
     model: nn.Module
     batch: int
     ours: bool
@@ -170,6 +171,7 @@ class Entry:
     train_s: List[float] = field(default_factory=list)
     fwd_mem: Optional[int] = None
     train_mem: Optional[int] = None
+    memory_only: bool = False  # --with-cp twins: peak memory, not timed
 
 
 def load_ref_models(rev: str):
@@ -208,7 +210,7 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
         opt = torch.optim.SGD(params, lr=1e-6)
     else:
         opt = torch.optim.AdamW(params, lr=1e-6)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else None
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if _amp(args, device) else None
 
     def run():
         if amp is None:
@@ -232,6 +234,11 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
         opt.step()
 
     return forward, train_step
+
+
+def _amp(args, device: torch.device) -> bool:
+    """bf16 autocast (the configs' AMP training path): always on CUDA, on CPU with --amp."""
+    return device.type == 'cuda' or args.amp
 
 
 def timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
@@ -277,9 +284,11 @@ def _paired_ratios(a: List[float], b: List[float]) -> Tuple[float, float, float]
     return _median(pairs), q1, q3
 
 
-#: The project's speed targets (plain B at least as fast as ViT-B/16, pyramid at least 1.05x
-#: the SVT of the same size), training step, each model against its baseline.
-TARGETS = {'vllama-b@224': 1.0, 'pvllama-s@224': 1.05, 'pvllama-b@224': 1.05}
+#: The project's speed targets, training step against the baseline: plain B at least 0.97x
+#: ViT-B/16; the pyramids at parity with the SVT of the same size per multiply-add.
+TARGETS = {'vision-llama-b-p16_8xb64-20e_in1k-192px-ft-224px': ('train', 0.97),
+           'pyramid-vision-llama-s_8xb128_in1k': ('train_per_mac', 1.0),
+           'pyramid-vision-llama-b_8xb128_in1k': ('train_per_mac', 1.0)}
 
 
 def verdict(median: float, q1: float, q3: float, target: float) -> str:
@@ -300,7 +309,7 @@ def summarize(entries: Dict[str, Entry], gemm: List[float]) -> List[Dict]:
     for e in entries.values():
         fwd_ips = e.batch / _median(e.fwd_s) if e.fwd_s else float('nan')
         train_ips = e.batch / _median(e.train_s) if e.train_s else float('nan')
-        row = dict(key=e.key, name=e.spec.name, size=e.spec.size, batch=e.batch,
+        row = dict(key=e.key, size=e.size, batch=e.batch,
                    params=e.params, macs=e.macs, fwd_ips=fwd_ips, train_ips=train_ips,
                    fwd_mem=e.fwd_mem, train_mem=e.train_mem, baseline=e.baseline,
                    fwd_s=e.fwd_s, train_s=e.train_s)
@@ -314,8 +323,9 @@ def summarize(entries: Dict[str, Entry], gemm: List[float]) -> List[Dict]:
                 (v * scale for v in _paired_ratios(e.train_s, b.train_s))
                 if e.train_s and b.train_s else (float('nan'),) * 3)
             # throughput x work: the ratio per multiply-add (the models' MACs differ)
-            row['train_ratio_per_mac'] = (row['train_ratio'] * e.macs / b.macs
-                                          if e.macs and b.macs else float('nan'))
+            per_mac = e.macs / b.macs if e.macs and b.macs else float('nan')
+            for q in ('ratio', 'q1', 'q3'):
+                row[f'train_per_mac_{q}'] = row[f'train_{q}'] * per_mac
         rows.append(row)
     return rows
 
@@ -330,48 +340,65 @@ def _mb(v: Optional[int]) -> str:
     return '—' if v is None else f'{v / 2 ** 20:.0f}'
 
 
-def markdown(rows: List[Dict], meta: Dict) -> str:
+HEADER = ['| model | input | batch | params (M) | GMACs/img | forward img/s | train img/s | '
+          'forward peak MB | train peak MB | forward FLOP/s / GEMM | baseline | forward ratio | '
+          'train ratio | train ratio per MAC | forward vs ref | train vs ref |',
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+TARGET_HEADER = ['| target (training step) | median [IQR] | verdict |', '|---|---|---|']
+
+
+def describe(meta: Dict) -> str:
+    """The text above the table: machine, load, method and command of this run."""
     h = meta
-    lines = [
+    return (
         f'Measured {h["date"]} on {h["machine"]["cpu"]} ({h["machine"]["cores"]} cores'
         + (f', {h["machine"]["gpu"]}' if 'gpu' in h['machine'] else '') +
         f'), torch {h["machine"]["torch"]}, {h["machine"]["threads"]} threads, '
         f'{h["precision"]}; load average {h["load_before"]} before, {h["load_after"]} after. '
         f'Median {h["timer"]} of {h["repeats"]} rounds after {h["warmup"]} warm-up; '
-        f'training step = '
-        f'forward + backward + {h["optimizer"]} step{h["extras"]}. {h["gemm_dtype"]} GEMM ceiling '
-        f'({h["gemm_n"]}³ torch.mm): {h["gemm_gflops"]:.0f} GFLOP/s.',
-        '',
-        f'Command: `{h["command"]}`',
-        '',
-        '| model | input | batch | params (M) | GMACs/img | forward img/s | train img/s | '
-        'forward peak MB | train peak MB | forward FLOP/s / GEMM | baseline | forward ratio | '
-        'train ratio | train ratio per MAC |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ]
+        f'training step = forward + backward + {h["optimizer"]} step{h["extras"]}. '
+        f'{h["gemm_dtype"]} GEMM ceiling ({h["gemm_n"]}³ torch.mm): '
+        f'{h["gemm_gflops"]:.0f} GFLOP/s.\n\nCommand: `{h["command"]}`\n\n'
+        'Ratios are throughput / baseline throughput (> 1: faster than the baseline): the '
+        'median of per-round ratios, in brackets their interquartile range. "Per MAC" '
+        'multiplies the train ratio by the models\' MACs ratio (useful work per second); '
+        '"vs ref": throughput / throughput of the same model built from the --ref code. '
+        'Rows of models not in this run are kept from earlier runs. '
+        '![benchmark](benchmark.png)')
+
+
+def table_rows(rows: List[Dict]) -> List[str]:
+    lines = []
     for r in rows:
         hh, ww = r['size']
         macs = _fmt(r['macs'] / 1e9 if r['macs'] else None)
         lines.append(
-            f'| {re.sub(r"@[0-9x]+", "", r["key"])} | {hh}x{ww} | '
+            f'| {r["key"]} | {hh}x{ww} | '
             f'{r["batch"]} | {r["params"] / 1e6:.1f} | {macs} | {_fmt(r["fwd_ips"])} | '
             f'{_fmt(r["train_ips"])} | {_mb(r["fwd_mem"])} | {_mb(r["train_mem"])} | '
             f'{_fmt(100 * r["gemm_frac"], ".0f")}% | {r["baseline"] or "—"} | '
-            f'{_ratio(r, "fwd")} | {_ratio(r, "train")} | '
-            f'{_fmt(r.get("train_ratio_per_mac"))} |')
-    lines += ['', 'Ratios are throughput / baseline throughput (> 1: faster than the baseline): '
-              'the median of per-round ratios, in brackets their interquartile range. '
-              '"Per MAC" multiplies the train ratio by the models\' MACs ratio (useful '
-              'work per second). ![benchmark](benchmark.png)']
-    targets = [(r, TARGETS[r['key']]) for r in rows
-               if r['key'] in TARGETS and r.get('baseline')]
-    if targets:
-        lines += ['', '| target (training step) | median [IQR] | verdict |', '|---|---|---|']
-        for r, t in targets:
-            v = verdict(r['train_ratio'], r['train_q1'], r['train_q3'], t)
-            lines.append(f'| {r["key"]} >= {t:.2f} x {r["baseline"]} | '
-                         f'{_ratio(r, "train")} | {v} |')
-    return '\n'.join(lines)
+            f'{_ratio(r, "fwd")} | {_ratio(r, "train")} | {_ratio(r, "train_per_mac")} | '
+            f'{_fmt(r.get("vs_ref_fwd"))} | {_fmt(r.get("vs_ref_train"))} |')
+    return lines
+
+
+def target_rows(rows: List[Dict]) -> List[str]:
+    lines = []
+    for r in rows:
+        if r['key'] not in TARGETS or not r.get('baseline'):
+            continue
+        kind, t = TARGETS[r['key']]
+        v = verdict(r[f'{kind}_ratio'], r[f'{kind}_q1'], r[f'{kind}_q3'], t)
+        what = 'per MAC ' if kind == 'train_per_mac' else ''
+        lines.append(f'| {r["key"]} {what}>= {t:.2f} x {r["baseline"]} | '
+                     f'{_ratio(r, kind)} | {v} |')
+    return lines
+
+
+def markdown(rows: List[Dict], meta: Dict) -> str:
+    text = describe(meta) + '\n\n' + '\n'.join(HEADER + table_rows(rows))
+    targets = target_rows(rows)
+    return text + ('\n\n' + '\n'.join(TARGET_HEADER + targets) if targets else '')
 
 
 def _ratio(r: Dict, kind: str) -> str:
@@ -450,24 +477,15 @@ def plot(rows: List[Dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def update_doc(path: str, text: str) -> None:
-    block = f'{DOC_BEGIN}\n{text}\n{DOC_END}'
-    old = open(path).read() if osp.exists(path) else '# Benchmarks\n\n'
-    if DOC_BEGIN in old and DOC_END in old:
-        new = old[:old.index(DOC_BEGIN)] + block + old[old.index(DOC_END) + len(DOC_END):]
-    else:
-        new = old + ('\n' if not old.endswith('\n') else '') + block + '\n'
-    with open(path, 'w') as f:
-        f.write(new)
-
-
 # ------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
-                   help='<family>-<arch>[-<task>][@H[xW]] (tools/analysis/get_flops.py); '
-                        'default: %(default)s')
+    p.add_argument('configs', nargs='*',
+                   help='config files to time (default: the DEFAULT_PAIRS rows)')
+    p.add_argument('--baseline', default=None, help='config compared with every CONFIG')
+    p.add_argument('--models', nargs='+', default=None, metavar='NAME',
+                   help='default pairs whose config name contains NAME')
     p.add_argument('--batch', type=int, default=4, help='batch for inputs up to 384 px')
     p.add_argument('--batch-hires', type=int, default=1, help='batch for larger inputs')
     p.add_argument('--repeats', type=int, default=9, help='timed rounds (median)')
@@ -485,13 +503,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
     p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
     p.add_argument('--compile', action='store_true', help='torch.compile every model')
+    p.add_argument('--amp', action='store_true',
+                   help='bf16 autocast on CPU too (the AMP path of the configs; CUDA always)')
     p.add_argument('--with-cp', action='store_true',
-                   help='activation checkpointing in our backbones (peers have none)')
+                   help='also measure the peak memory of our backbones with activation '
+                        'checkpointing (extra "(with_cp)" rows, not timed)')
     p.add_argument('--ref', default=None, metavar='REV',
                    help='also time our models built from the vllama_mm/models of git '
                         'revision REV (before/after), each against the current code')
-    p.add_argument('--ref-models', nargs='+', default=None,
-                   help='which of our models get a REV twin (default: all of ours)')
+    p.add_argument('--ref-models', nargs='+', default=None, metavar='NAME',
+                   help='which of our models get a REV twin (config names containing '
+                        'NAME; default: all of ours)')
     p.add_argument('--gemm-n', type=int, default=2048, help='size of the GEMM ceiling')
     p.add_argument('--out-dir', default=None,
                    help='write benchmark.png there and the table into benchmark.md '
@@ -507,35 +529,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_entries(args, device: torch.device) -> Dict[str, Entry]:
-    specs = [gf.parse_model(m) for m in args.models]
+    if args.configs:
+        pairs = [(c, args.baseline) for c in args.configs]
+    else:
+        pairs = [(osp.join(ROOT, c), b) for c, b in DEFAULT_PAIRS
+                 if not args.models or any(m in gf.config_name(c) for m in args.models)]
+        if not pairs:
+            raise ValueError(f'--models {args.models} matches no default pair; choose from '
+                             f'{[gf.config_name(c) for c, _ in DEFAULT_PAIRS]}')
     entries: Dict[str, Entry] = {}
-    labels = {s.label for s in specs}
-    ours_kw = dict(with_cp=True) if args.with_cp else {}
     ref_module, ref_short = (load_ref_models(args.ref) if args.ref else (None, None))
-    ref_names = set(args.ref_models) if args.ref_models else None
 
-    def add(spec, module=None, key=None, ours=False, baseline=None):
-        model = gf.build_model(spec, module, **(ours_kw if ours else {}))
+    def add(config, size, key, ours, module=None, baseline=None, **overrides) -> Entry:
+        model = gf.build_backbone(gf.load_config(config), module, **overrides)
         model = _init(model).to(device)
-        hw = spec.size
-        batch = args.batch if max(hw) <= 384 else args.batch_hires
-        e = Entry(key or spec.label, spec, model, batch, ours, baseline,
+        batch = args.batch if max(size) <= 384 else args.batch_hires
+        e = Entry(key, config, size, model, batch, ours, baseline,
                   params=sum(p.numel() for p in model.parameters()))
         e.train = not args.no_train and (device.type != 'cpu' or not args.train_max_pixels
-                                         or hw[0] * hw[1] <= args.train_max_pixels)
+                                         or size[0] * size[1] <= args.train_max_pixels)
         entries[e.key] = e
+        return e
 
-    for spec in specs:
-        ours = spec.family in gf.PEER_FAMILY
-        peer = spec.peer() if ours else None
-        add(spec, ours=ours, baseline=peer.label if peer and peer.label in labels else None)
-    if ref_module is not None:
-        for spec in specs:
-            if spec.family in gf.PEER_FAMILY and (ref_names is None or spec.name in ref_names
-                                                  or spec.label in ref_names):
-                # the twin has no baseline: it is compared with the current code
-                add(spec, ref_module, f'{spec.label} (ref {ref_short})', ours=True)
-                entries[spec.label].ref_key = f'{spec.label} (ref {ref_short})'
+    for config, peer in pairs:
+        name = gf.config_name(config)
+        size = gf.input_size(gf.load_config(config))
+        if peer and gf.config_name(peer) not in entries:
+            add(peer, size, gf.config_name(peer), ours=False)
+        e = add(config, size, name, ours=True, baseline=peer and gf.config_name(peer))
+        if ref_module is not None and (not args.ref_models
+                                       or any(m in name for m in args.ref_models)):
+            # the twin has no baseline: it is compared with the current code
+            e.ref_key = add(config, size, f'{name} (ref {ref_short})', True, ref_module).key
+        if args.with_cp:
+            add(config, size, f'{name} (with_cp)', True, with_cp=True).memory_only = True
     return entries
 
 
@@ -580,18 +607,19 @@ def main(argv=None) -> List[Dict]:
     # FLOPs (per image, batch 1 trace; the ref twin has the same arithmetic)
     if not args.no_flops:
         for e in tqdm(list(entries.values()), desc='counting FLOPs', leave=False):
-            if ' (ref ' in e.key:
+            if ' (' in e.key:  # twins: the same arithmetic
                 continue
-            model = e.model if device.type == 'cpu' else gf.build_model(e.spec)
-            e.macs = gf.count_complexity(model, e.spec.size).flops
+            model = e.model if device.type == 'cpu' else \
+                gf.build_backbone(gf.load_config(e.config))
+            e.macs = gf.count_complexity(model, e.size).flops
         for e in entries.values():
-            if ' (ref ' in e.key:
-                e.macs = entries[e.key.split(' (ref ')[0]].macs
+            if ' (' in e.key:
+                e.macs = entries[e.key.split(' (')[0]].macs
 
     inputs: Dict[Tuple, torch.Tensor] = {}
     calls = {}
     for e in entries.values():
-        shape = (e.batch, 3, *e.spec.size)
+        shape = (e.batch, 3, *e.size)
         if shape not in inputs:
             inputs[shape] = torch.randn(shape, device=device)
         calls[e.key] = make_calls(e, inputs[shape], args, device)
@@ -606,9 +634,10 @@ def main(argv=None) -> List[Dict]:
         for e in entries.values():
             bar.set_postfix_str(f'warm-up {e.key}')
             fwd, trn = calls[e.key]
-            fwd()
-            if e.train:
-                trn()
+            if not e.memory_only or not args.no_memory:
+                fwd()
+                if e.train:
+                    trn()
             bar.update()
     if not args.no_memory:
         mem = PeakMemory(device)
@@ -621,13 +650,15 @@ def main(argv=None) -> List[Dict]:
             bar.update()
     gemm = []
     # the ceiling in the precision the models run in
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    dtype = torch.bfloat16 if _amp(args, device) else torch.float32
     # wall clock, or the process's CPU time (all its threads): on a machine shared with
     # other jobs, CPU time with --threads 1 is not inflated by waiting for a core
     clock = time.process_time if args.timer == 'cpu' else time.perf_counter
     for r in range(args.repeats):
         gemm.append(gemm_rate(device, args.gemm_n, dtype, clock))
         for e in round_order(entries, r):
+            if e.memory_only:
+                continue
             bar.set_postfix_str(f'round {r + 1} {e.key}')
             fwd, trn = calls[e.key]
             e.fwd_s.append(timed(fwd, device, clock))
@@ -649,13 +680,13 @@ def main(argv=None) -> List[Dict]:
     if args.compile:
         extras += ', torch.compile'
     if args.with_cp:
-        extras += ', activation checkpointing (ours)'
+        extras += '; "(with_cp)" rows: activation checkpointing, memory only'
     skipped = [e.key for e in entries.values() if not e.train and not args.no_train]
     if skipped:
         extras += f' (training step not timed for {", ".join(skipped)}: over ' \
                   f'--train-max-pixels on CPU)'
     meta = dict(date=time.strftime('%Y-%m-%d %H:%M'), machine=machine_info(device),
-                precision='bf16 autocast' if device.type == 'cuda' else 'fp32',
+                precision='bf16 autocast' if _amp(args, device) else 'fp32',
                 load_before=' '.join(f'{v:.1f}' for v in load_before),
                 load_after=' '.join(f'{v:.1f}' for v in load_after),
                 repeats=args.repeats, warmup=args.warmup, optimizer=args.optimizer,
@@ -664,18 +695,14 @@ def main(argv=None) -> List[Dict]:
                 gemm_dtype=str(dtype).replace('torch.', ''),
                 command='python tools/benchmark.py ' + ' '.join(
                     sys.argv[1:] if argv is None else argv))
-    text = markdown(rows, meta)
-    refs = [r for r in rows if 'vs_ref_fwd' in r]
-    if refs:
-        text += '\n\n| model | forward speed-up vs ref | train speed-up vs ref |\n|---|---|---|\n'
-        text += '\n'.join(f'| {r["key"]} | {_fmt(r["vs_ref_fwd"])} | {_fmt(r["vs_ref_train"])} |'
-                          for r in refs)
-    print(text)
+    print(markdown(rows, meta))
     if args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         plot(rows, osp.join(args.out_dir, 'benchmark.png'),
              f'{meta["machine"]["cpu"]}, {meta["precision"]}, torch {meta["machine"]["torch"]}')
-        update_doc(osp.join(args.out_dir, 'benchmark.md'), text)
+        doc = osp.join(args.out_dir, 'benchmark.md')
+        doc_table.update_doc(doc, 'benchmark', HEADER, table_rows(rows), describe(meta))
+        doc_table.update_doc(doc, 'benchmark-targets', TARGET_HEADER, target_rows(rows))
         print(f'written {args.out_dir}/benchmark.md and benchmark.png')
     if args.json:
         with open(args.json, 'w') as f:

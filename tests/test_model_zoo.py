@@ -87,10 +87,12 @@ def test_tiny_configs_state_their_parameter_counts(entries):
 
     from mmengine.registry import DefaultScope
     tiny = [n for n in entries if 'tiny' in n]
-    assert len(tiny) == 6
+    assert len(tiny) == 8  # 6 OpenMMLab libraries' + 2 generation (DiT-LLaMA, SiT-LLaMA)
     for name in tiny:
         cfg = Config.fromfile(entries[name]['Config'])
-        importlib.import_module(f'vllama_mm.{cfg.default_scope}')
+        # generation configs: default_scope 'vllama_mm', models from vllama_mm.generation
+        plugin = 'generation' if cfg.default_scope == 'vllama_mm' else cfg.default_scope
+        importlib.import_module(f'vllama_mm.{plugin}')
         registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
         with DefaultScope.overwrite_default_scope(cfg.default_scope):
             model = registry.build(cfg.model)

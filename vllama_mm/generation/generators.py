@@ -10,12 +10,13 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
+from mmengine.registry import DefaultScope
 from torch import Tensor
 
 from . import flow
 from .diffusion import GaussianDiffusion
 from .progress import randn_like
-from .registry import MODELS
+from .registry import MODELS, SCOPE
 from .vae import LatentCodec
 
 DIT_SAMPLERS = ('ddpm', 'ddim')
@@ -32,7 +33,10 @@ class _LatentGenerator(BaseModel):
                  sampler: Optional[Dict] = None, data_preprocessor: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.denoiser = MODELS.build(denoiser)
+        # a nested build resolves names in the *current* default scope (another library's
+        # when tests or tools set one): build the denoiser in the plugin's own scope
+        with DefaultScope.overwrite_default_scope(SCOPE):
+            self.denoiser = MODELS.build(denoiser)
         self.vae_cfg = dict(kind='identity') if vae is None else dict(vae)
         self._codec: Optional[LatentCodec] = None
         self.sampler_cfg = dict(type=self.default_sampler)

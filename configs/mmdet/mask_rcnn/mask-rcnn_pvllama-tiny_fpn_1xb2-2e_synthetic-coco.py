@@ -53,7 +53,12 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
 test_evaluator = val_evaluator
 
-optim_wrapper = dict(optimizer=dict(lr=2e-4))
+# the recipe's optimizer in fp32 (its fp16 AmpOptimWrapper needs a GPU)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(norm_decay_mult=0.0))
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=2, val_interval=2)
 default_hooks = dict(logger=dict(interval=4), checkpoint=dict(interval=2, max_keep_ckpts=1))

@@ -38,7 +38,16 @@ val_dataloader = dict(batch_size=1, num_workers=1,
                       dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=1e-3))
+# the recipe's optimizer in fp32 (its fp16 AmpOptimWrapper needs a GPU)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(custom_keys={
+        '.ln1.': dict(decay_mult=0.0),
+        '.ln2.': dict(decay_mult=0.0),
+        'norm': dict(decay_mult=0.0),
+    }))
 max_iters = 20
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),

@@ -100,3 +100,28 @@ def test_stock_flop_counter_agrees_with_ours(index):
     assert abs(stock - ours.stock_flops) <= 0.02 * ours.stock_flops, (name, stock, ours)
     # and the attention products are what our total adds on top
     assert ours.flops - ours.stock_flops == ours.by_operator['scaled_dot_product_attention']
+
+
+def test_onnx_tool_loads_a_checkpoint_safely(tmp_path):
+    """CKPT is verified (zip CRC) and loaded with weights_only=True: a converted/trained
+    checkpoint exports; a file with flipped bytes fails naming the file."""
+    pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    mmpretrain = pytest.importorskip('mmpretrain')
+    import vllama_mm.mmpretrain  # noqa: F401
+    from mmengine.registry import DefaultScope
+    tool = _load_tool('tools/deployment/pytorch2onnx.py')
+    config = osp.join(ROOT, 'configs/mmpretrain/vision_llama/'
+                      'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = mmpretrain.get_model(config)
+    ckpt = tmp_path / 'tiny.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 1}}, ckpt)
+    assert tool.main([config, str(ckpt), '--out-dir', str(tmp_path / 'ok'),
+                      '--shape', '64', '64']) == 0
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the largest tensor's data
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(bytes(data))
+    with pytest.raises(Exception, match='bad.pth'):
+        tool.main([config, str(bad), '--out-dir', str(tmp_path / 'bad'), '--shape', '64', '64'])

@@ -29,7 +29,10 @@ import get_flops  # noqa: E402  (config loading and backbone building)
 
 def load_backbone_weights(model: nn.Module, path: str) -> None:
     """Load ``path`` (mmengine checkpoint of the full model or of the backbone) strictly."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    from vllama_mm.engine.checkpoint import allow_mmengine_checkpoints, verify_checkpoint
+    verify_checkpoint(path)  # zip CRC: truncated or corrupted files fail here, named
+    allow_mmengine_checkpoints()  # safe loading: tensors + mmengine's own checkpoint classes
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{path}: expected a state dict (or a dict with "state_dict")')

@@ -19,6 +19,8 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
 import torch  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 
+from vllama_mm.engine.checkpoint import allow_mmengine_checkpoints  # noqa: E402
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 CONFIGS = {
     'DiT-LLaMA': 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py',
@@ -87,8 +89,9 @@ def run(name: str, args: argparse.Namespace) -> float:
     runner.train()
     train_s = time.time() - t0
     model = runner.model
+    allow_mmengine_checkpoints()  # safe loading of the run's own mmengine checkpoint
     ckpt = torch.load(osp.join(work_dir, f'iter_{iters}.pth'), map_location='cpu',
-                      weights_only=False)
+                      weights_only=True)
     model.load_state_dict(ckpt['state_dict'], strict=True)  # the EMA weights
     ds_cfg = cfg.train_dataloader.dataset
     data = SyntheticClassImages(ds_cfg.num_classes, ds_cfg.num_per_class, ds_cfg.image_size,

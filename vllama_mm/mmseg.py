@@ -21,10 +21,9 @@ def __getattr__(name: str):
     if name == 'MMSegInferencer':
         from mmseg.apis import MMSegInferencer as Stock
 
-        from .model_zoo import ModelZooInferencerMixin
+        from .model_zoo import inferencer_class
 
-        cls = type('MMSegInferencer', (ModelZooInferencerMixin, Stock),
-                   {'__doc__': Stock.__doc__, '__module__': __name__})
+        cls = inferencer_class(Stock, __name__)
         globals()[name] = cls
         return cls
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -93,3 +93,10 @@ class ModelZooInferencerMixin:
         except ValueError:
             return super()._load_model_from_metafile(model)
         return Config.fromfile(cfg_path), weights
+
+
+def inferencer_class(stock: type, module: str) -> type:
+    """``stock`` (a library's inferencer class) that also accepts our model names, as a
+    class of ``module`` (the thin registration module that exposes it)."""
+    return type(stock.__name__, (ModelZooInferencerMixin, stock),
+                {'__doc__': stock.__doc__, '__module__': module})

@@ -6,6 +6,7 @@ or cached VAE posteriors (``moments`` [B, 2C, h, w]); ``mode='predict'`` samples
 for ``labels``. Only ``denoiser.*`` is a parameter (the VAE stays out of checkpoints and
 EMA); mmengine's ``EMAHook`` keeps the averaged copy.
 """
+from abc import abstractmethod
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -74,8 +75,9 @@ class _LatentGenerator(BaseModel):
             return self.sample(labels)
         raise ValueError(f"mode must be 'loss' or 'predict', got {mode!r}")
 
+    @abstractmethod
     def loss(self, z: Tensor, labels: Tensor) -> Dict[str, Tensor]:
-        raise NotImplementedError
+        """Training losses for scaled latents ``z`` [B, C, h, w] and ``labels`` [B]."""
 
     # -- sampling ----------------------------------------------------------------------
     def _guided(self, labels: Tensor, cfg_scale: float):
@@ -117,9 +119,10 @@ class _LatentGenerator(BaseModel):
         """Images [B, 3, H, W] in [-1, 1] for ``labels``."""
         return self.codec.decode(self.sample_latents(labels, **kwargs))
 
+    @abstractmethod
     def _run_sampler(self, model_fn, noise: Tensor, cfg: Dict, progress: bool,
                      generator: Optional[torch.Generator] = None) -> Tensor:
-        raise NotImplementedError
+        """Integrate ``model_fn`` from ``noise`` [B', C, h, w] with sampler ``cfg``."""
 
 
 class DiTGenerator(_LatentGenerator):

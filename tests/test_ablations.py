@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vllama_mm.models import PyramidVisionLLaMA, RoPE2D, VisionLLaMA, apply_rope
-from vllama_mm.models.blocks import PEG, AbsPosEmbed, GeluMLP, RMSNorm, sincos_2d
+from vllama_mm.models.ablations import PEG, AbsPosEmbed, GeluMLP, RMSNorm, sincos_2d
 from vllama_mm.models.mae import VisionLLaMAMAE
 
 ROOT = Path(__file__).resolve().parents[1]

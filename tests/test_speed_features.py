@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
-from vllama_mm.models.attention import RoPEAttention
+from vllama_mm.models.attention import RoPEAttention, attend
 from vllama_mm.models.rope import (RoPE2D, apply_rope, grid_positions, rope_frequencies,
                                    rope_table)
 
@@ -64,6 +64,31 @@ def test_rotation_gradient_is_the_inverse_rotation():
     w = torch.randn(2, 3, 35, 16)
     (apply_rope(x, (cos, sin)) * w).sum().backward()
     torch.testing.assert_close(x.grad, reference_rope(w, cos, -sin), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_attend_bf16_cpu_matches_sdpa(masked):
+    """The written-out bf16 CPU attention equals float32 SDPA (values and gradients)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 2, 9, 8) for _ in range(3))
+    mask = torch.rand(6, 1, 1, 9) > 0.3 if masked else None
+    if masked:
+        mask[..., 0] = True  # every query sees at least one key
+    grads = []
+    for fn, dtype in ((F.scaled_dot_product_attention, torch.float32), (attend, torch.bfloat16)):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, attn_mask=mask)
+        assert out.dtype == dtype
+        out.float().pow(2).sum().backward()
+        grads.append([out.float()] + [t.grad.float() for t in leaves])
+    for ref, got in zip(*grads):
+        assert (got - ref).norm() / ref.norm() < 2e-2  # bf16 rounding
+    # float32, and bf16 without autograd, go through SDPA itself
+    assert torch.equal(attend(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, mask))
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    with torch.no_grad():
+        assert torch.equal(attend(qb, kb, vb, mask),
+                           F.scaled_dot_product_attention(qb, kb, vb, mask))
 
 
 def test_rope_table_is_a_plain_tuple():

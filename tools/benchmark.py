@@ -175,18 +175,25 @@ class Entry:
 
 
 def load_ref_models(rev: str):
-    """``vllama_mm/models`` of git revision ``rev`` as a separate importable package."""
+    """``vllama_mm/models`` of git revision ``rev`` as a separate importable package.
+
+    The revision's ``vllama_mm/models`` and ``vllama_mm/engine`` are extracted as
+    ``vllama_ref_<rev>.{models,engine}``; the engine's ``__init__`` is left empty (the
+    models only import plain helper modules from it) so that nothing registers twice.
+    """
     short = subprocess.run(['git', 'rev-parse', '--short', rev], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.strip()
-    archive = subprocess.run(['git', 'archive', rev, 'vllama_mm/models'], cwd=ROOT,
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(['git', 'archive', rev, 'vllama_mm/models', 'vllama_mm/engine'],
+                             cwd=ROOT, capture_output=True, check=True).stdout
     tmp = tempfile.mkdtemp(prefix='vllama_ref_')
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tmp)  # our own repository's files
     pkg = f'vllama_ref_{short}'
-    os.rename(osp.join(tmp, 'vllama_mm', 'models'), osp.join(tmp, pkg))
+    os.rename(osp.join(tmp, 'vllama_mm'), osp.join(tmp, pkg))
+    for init in (osp.join(tmp, pkg, '__init__.py'), osp.join(tmp, pkg, 'engine', '__init__.py')):
+        open(init, 'w').close()
     sys.path.insert(0, tmp)
-    return importlib.import_module(pkg), short
+    return importlib.import_module(f'{pkg}.models'), short
 
 
 def _init(model: nn.Module) -> nn.Module:

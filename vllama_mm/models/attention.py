@@ -1,6 +1,7 @@
 """One attention for every VisionLLaMA variant: global, windowed, or with pooled keys.
 
-All of them run ``F.scaled_dot_product_attention`` with 2D RoPE applied to q and k.
+All of them run :func:`attend` (``softmax(q k^T / sqrt(Hc)) v``) with 2D RoPE applied to
+q and k.
 Windowing (ViTDet windows, the pyramid's LSA) is a token re-layout done by
 :func:`window_partition` around the same attention; pooled keys/values (the
 pyramid's GSA) are built inside :class:`RoPEAttention` when ``sr_ratio > 1``.
@@ -26,6 +27,33 @@ def check_heads(dim: int, num_heads: int) -> int:
         raise ValueError(f'2D RoPE needs a head dim divisible by 4: embed dims {dim} / '
                          f'{num_heads} heads = {head_dim}')
     return head_dim
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
+           dropout_p: float = 0.0) -> Tensor:
+    """``softmax(q k^T / sqrt(Hc)) v``: q [B, h, N, Hc], k/v [B, h, Nk, Hc] -> [B, h, N, Hc].
+
+    ``attn_mask``: bool, True where a key may be attended. Runs
+    ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA, flash
+    on CPU), except when training in bfloat16 on CPU (the CPU autocast training path):
+    there the same product is written out, because torch 2.11's CPU flash-attention
+    *backward* in bf16 is slow on short sequences. Forward + backward, bf16, one thread
+    (SDPA vs written out): 7x7 windows [256, 2, 49, 32] 82 vs 14 ms, pooled keys
+    [4, 2, 3136, 32] x 49 keys 15.5 vs 7.0 ms, ViT-B [4, 12, 197, 64] 28 vs 17 ms; the
+    Pyramid-S / -B training steps under bf16 autocast ran 1.33x / 1.43x faster
+    (``tools/benchmark.py --models pyramid-vision-llama --ref <before> --amp``). SDPA
+    keeps the forward-only path (its bf16 forward is the faster one: 2.3 vs 3.6 ms on
+    the pooled keys) and float32 (the two within 10 % here). The cost of the rule: bf16
+    CPU training on long sequences (1024 tokens: SDPA would be 1.3x faster and keeps no
+    N x Nk matrix), not a setting anyone trains in.
+    """
+    if q.device.type == 'cpu' and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
+        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, h, N, Nk]
+        if attn_mask is not None:
+            attn = attn.masked_fill(~attn_mask, float('-inf'))
+        attn = F.dropout(attn.softmax(dim=-1), dropout_p)
+        return attn @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 class RoPEAttention(nn.Module):
@@ -109,9 +137,7 @@ class RoPEAttention(nn.Module):
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, h, Nk, Hc]
         q = apply_rope(q, rope_q)
         k = apply_rope(k, rope_q if rope_k is None else rope_k)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask,
-            dropout_p=self.attn_drop if self.training else 0.0)  # [B, heads, N, Hc]
+        x = attend(q, k, v, attn_mask, self.attn_drop if self.training else 0.0)  # [B, h, N, Hc]
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 

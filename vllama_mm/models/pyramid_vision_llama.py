@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
-from .blocks import (PEG, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm, check_choice,
-                     mlp_hidden, rope_rotary_dim, swiglu_hidden)
+from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, rope_rotary_dim
+from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block)
 from .rope import RoPE2D, Table, _pair, grid_positions

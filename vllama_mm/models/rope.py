@@ -102,8 +102,9 @@ def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
     r = cos.shape[-1]
     if r < x.shape[-1]:  # partial RoPE: rotate x[..., :R], keep the rest
         return torch.cat([apply_rope(x[..., :r], (cos, sin)), x[..., r:]], dim=-1)
-    xf = x.float()
-    return torch.addcmul(xf * cos, rot(xf), sin).to(x.dtype)
+    # float32 tables promote the products (rot is exact in any dtype): a float32
+    # rotation without a float32 copy of x
+    return torch.addcmul(x * cos, rot(x), sin).to(x.dtype)
 
 
 def gather_tokens(table: Optional[Table], ids: Tensor) -> Optional[Table]:

@@ -10,8 +10,9 @@ from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block)
-from .blocks import (ABS_POS_TYPES, AbsPosEmbed, PatchEmbed, VisionLLaMABlock, build_norm,
-                     check_choice, mlp_hidden, rope_rotary_dim, swiglu_hidden)
+from .ablations import (ABS_POS_TYPES, AbsPosEmbed, build_norm, check_choice, mlp_hidden,
+                        rope_rotary_dim)
+from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
 
 

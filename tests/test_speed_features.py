@@ -334,3 +334,17 @@ def test_benchmark_ratio_quartiles_and_target_verdicts():
                train_q3=q3)
     assert bench._ratio(row, 'train') == '1.10 [1.00–1.20]'
     assert bench._ratio(dict(train_ratio=float('nan')), 'train') == '—'
+
+
+def test_benchmark_ref_models_come_from_the_revision():
+    """``--ref REV`` imports that revision's model package (whose models import engine
+    helpers) without registering anything twice, and builds a backbone from it."""
+    if not osp.isdir(osp.join(ROOT, '.git')):
+        pytest.skip('needs the git checkout')
+    bench = _load_tool('tools/benchmark.py')
+    models, short = bench.load_ref_models('HEAD')
+    assert models.__name__ == f'vllama_ref_{short}.models'
+    assert models.VisionLLaMA is not VisionLLaMA
+    net = models.VisionLLaMA(arch=dict(embed_dims=32, num_layers=1, num_heads=2),
+                             img_size=32, patch_size=8)
+    assert net(torch.randn(1, 3, 32, 32))[0].shape[0] == 1

@@ -304,19 +304,43 @@ def test_get_flops_builds_from_a_config_and_updates_only_its_rows(tmp_path):
     assert type(model).__name__ == 'VisionLLaMA' and gf.input_size(cfg) == (64, 64)
 
 
-def test_cpu_peak_memory_sees_a_transient_allocation():
+@pytest.mark.parametrize('exact', [True, False])
+def test_cpu_peak_memory_sees_a_transient_allocation(exact):
     bench = _load_tool('tools/benchmark.py')
-    mem = bench.PeakMemory(torch.device('cpu'))
+    mem = bench.PeakMemory(torch.device('cpu'), exact=exact)
     if not mem.available:
-        pytest.skip('needs Linux /proc and glibc')
+        pytest.skip('the RSS measurement needs Linux /proc and glibc')
 
     def allocate():  # 64 MiB live at once, freed before returning
         t = torch.ones(16, 1024, 1024)
         t.add_(1)
         del t
     peak = mem.measure(allocate)
-    assert 60 * 2 ** 20 < peak < 100 * 2 ** 20
+    if exact:  # tensor bytes: exactly the one storage (in-place add and views add none)
+        assert peak == 64 * 2 ** 20
+    else:
+        assert 60 * 2 ** 20 < peak < 100 * 2 ** 20
     assert mem.measure(lambda: None) < 16 * 2 ** 20
+
+
+def test_cpu_tensor_peak_counts_what_backward_keeps():
+    """The exact CPU peak sees activations saved for backward: a chain of two
+    [256, 1024] float32 tanh layers keeps both outputs until backward."""
+    bench = _load_tool('tools/benchmark.py')
+    x = torch.randn(256, 1024, requires_grad=True)
+    one = 256 * 1024 * 4  # bytes of one activation
+
+    def step(n):
+        def run():
+            y = x
+            for _ in range(n):
+                y = torch.tanh(y)
+            y.sum().backward()
+        return run
+    mem = bench.PeakMemory(torch.device('cpu'))
+    p2, p4 = mem.measure(step(2)), mem.measure(step(4))
+    assert p4 - p2 == 2 * one  # two more kept activations, nothing else differs
+    assert p2 >= 2 * one
 
 
 def test_benchmark_ratio_quartiles_and_target_verdicts():

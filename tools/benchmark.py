@@ -8,12 +8,14 @@ For every model of one run it measures
   step is the same tiny cost for every model; ``--optimizer adamw`` for AdamW) ->
   images/s;
 * **peak memory** of each, above the memory held before the call: on CUDA
-  ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
-  (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs``) minus
-  the resident size just before the call, after ``malloc_trim(0)`` has handed freed
-  heap pages back to the OS, so that re-used allocator pages cannot hide the peak.
-  Measured in one extra untimed call per model (trimming would make timed calls
-  page-fault);
+  ``torch.cuda.max_memory_allocated``; on CPU the peak of the tensor storage that the
+  call's ops create and that is alive at once (every aten op seen through a
+  ``TorchDispatchMode``, each new storage counted until it is freed): the bytes of
+  activations, gradients and temporaries, independent of the malloc arenas. With
+  ``--compile`` (whose kernels a dispatch mode does not see) the CPU figure is the peak
+  resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) above the
+  resident size before the call, after ``malloc_trim(0)``. Measured in one extra
+  untimed call per model;
 * **forward FLOP/s** = forward MACs x 2 (counted by ``tools/analysis/get_flops.py``)
   x images/s, as a fraction of the machine's GEMM rate in the models' precision (the
   best of a large ``torch.mm`` timed 3 times in every round): the physical ceiling.
@@ -60,11 +62,14 @@ import sys
 import tarfile
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
@@ -108,13 +113,47 @@ def load_average() -> Tuple[float, float, float]:
 
 
 # ------------------------------------------------------------------ memory
-class PeakMemory:
-    """Peak memory (bytes) of one call above what was held before it (see module doc)."""
+class _LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage created by the ops run under it and alive at once.
 
-    def __init__(self, device: torch.device):
+    Each storage an op returns is counted once (views share it) until it is freed
+    (``weakref.finalize``); buffers a kernel uses internally and frees are not seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes and key not in self._seen:
+                self._seen.add(key)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, nbytes)
+        return out
+
+
+class PeakMemory:
+    """Peak memory (bytes) of one call above what was held before it (see module doc).
+
+    ``exact=False`` (compiled models on CPU): the resident set size instead of the
+    tensor bytes."""
+
+    def __init__(self, device: torch.device, exact: bool = True):
         self.device = device
+        self.exact = exact and device.type == 'cpu'
         self._libc = None
-        if device.type == 'cpu':
+        if device.type == 'cpu' and not self.exact:
             try:
                 self._libc = ctypes.CDLL('libc.so.6')
                 with open('/proc/self/clear_refs', 'w') as f:
@@ -123,7 +162,7 @@ class PeakMemory:
             except OSError:
                 self.available = False  # not Linux/glibc: memory is not reported
         else:
-            self.available = device.type == 'cuda'
+            self.available = device.type in ('cpu', 'cuda')
 
     @staticmethod
     def _status_kib(key: str) -> int:
@@ -144,6 +183,10 @@ class PeakMemory:
             fn()
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - before
+        if self.exact:
+            with _LiveTensorBytes() as mode:
+                fn()
+            return mode.peak
         self._libc.malloc_trim(0)
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # VmHWM := VmRSS
@@ -647,7 +690,7 @@ def main(argv=None) -> List[Dict]:
                     trn()
             bar.update()
     if not args.no_memory:
-        mem = PeakMemory(device)
+        mem = PeakMemory(device, exact=not args.compile)
         for e in entries.values():
             bar.set_postfix_str(f'memory {e.key}')
             fwd, trn = calls[e.key]

@@ -9,6 +9,7 @@ from torch import nn
 from vllama_mm.models import PyramidVisionLLaMA, RoPE2D, VisionLLaMA, apply_rope
 from vllama_mm.models.ablations import PEG, AbsPosEmbed, GeluMLP, RMSNorm, sincos_2d
 from vllama_mm.models.mae import VisionLLaMAMAE
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = dict(embed_dims=32, num_layers=2, num_heads=2, layer_scale_init=0.1)
@@ -314,17 +315,13 @@ def test_ablation_config_builds_a_working_model(path):
 def test_resolution_tool_on_a_pyramid_checkpoint(tmp_path):
     """The resolution tool runs on a pyramid classifier checkpoint as on a plain one:
     1d is reported n/a, as2d equals 2d at the training size, ntk_fixed takes the factor."""
-    import importlib.util
 
     from mmengine.config import Config
 
     from vllama_mm.datasets.synthetic_imagenet import generate
     from vllama_mm.engine.runner_utils import import_plugin
 
-    spec = importlib.util.spec_from_file_location(
-        'resolution_robustness', ROOT / 'tools/analysis/resolution_robustness.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('tools/analysis/resolution_robustness.py', 'resolution_robustness')
     plain_cfg = ROOT / ('configs/mmpretrain/vision_llama/'
                         'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
     cfg_path = tmp_path / 'pyramid_tiny.py'
@@ -361,11 +358,7 @@ def test_resolution_tool_on_a_pyramid_checkpoint(tmp_path):
 
 def test_toy_resolution_experiment_smoke():
     """The toy table-12 script: labels follow the layout, renders scale, rows are filled."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'rope_toy_resolution', ROOT / 'tools/analysis/rope_toy_resolution.py')
-    toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(toy)
+    toy = load_tool('tools/analysis/rope_toy_resolution.py', 'rope_toy_resolution')
     centres, labels = toy.sample_scenes(200, torch.Generator().manual_seed(0))
     d = centres[:, 0] - centres[:, 1]  # red - green
     horiz = d[:, 0].abs() > d[:, 1].abs()

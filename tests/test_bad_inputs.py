@@ -24,6 +24,7 @@ from vllama_mm.engine.validate import (ConfigError, check_cfg_options, check_che
                                        warn_config_variables)
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA
 from vllama_mm.models.mae import VisionLLaMAMAE
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
@@ -36,11 +37,7 @@ _RUN_IDS = itertools.count()
 # ---------------------------------------------------------------- helpers
 def _tool(name: str):
     """tools/<name>.py loaded as a module (in-process: no interpreter start-up per case)."""
-    spec = importlib.util.spec_from_file_location(f'_vllama_tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/{name}.py', f'_vllama_tool_{name}')
 
 
 def run_tool(name: str, argv: List[str], monkeypatch, capsys) -> Tuple[int, str]:

@@ -8,7 +8,6 @@ official GSA key positions (row length W, offset 1 - 1/sr), unmasked zero-padded
 windows and the double final norm ``norm(mean(norm(x)))``. Nothing of the reference
 comes from vllama_mm (no RoPE2D, RoPEAttention or VisionLLaMABlock).
 """
-import importlib.util
 import logging
 import math
 import re
@@ -23,16 +22,14 @@ import torch.nn.functional as F
 from vllama_mm.engine import convert as C
 from vllama_mm.models import VisionLLaMA
 from vllama_mm.models.pyramid_vision_llama import PyramidVisionLLaMA
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'official2vllama.py')
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('official2vllama', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(osp.relpath(TOOL, ROOT), 'official2vllama')
 
 
 # ==================================================================================

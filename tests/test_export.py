@@ -1,14 +1,13 @@
 """Third-party tools read the backbones: torch.jit.trace, torch.export, ONNX (onnxruntime
 within 1e-4 of PyTorch at two input sizes), and mmengine's stock FLOP counter (what
 mmpretrain's, mmseg's and mmdet's get_flops tools call) agrees with ours."""
-import importlib.util
 import os.path as osp
-import sys
 
 import pytest
 import torch
 
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_PLAIN = dict(embed_dims=64, num_layers=3, num_heads=2, feedforward_channels=96)
@@ -30,12 +29,7 @@ def _models():
 
 
 def _load_tool(rel):
-    path = osp.join(ROOT, rel)
-    spec = importlib.util.spec_from_file_location(osp.basename(rel)[:-3] + '_under_test', path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(rel, osp.basename(rel)[:-3] + '_under_test')
 
 
 def _run(model, x, seed=0):

@@ -1,7 +1,6 @@
 """Released DiT-LLaMA / SiT-LLaMA dumps: convert, build from the registry, load strictly,
 and match an independent float64 reference of the network written from its description."""
 import argparse
-import importlib.util
 import math
 import os.path as osp
 
@@ -10,16 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from vllama_mm.engine import convert_dit
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 
 
 def _tool():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'official2vllama.py')
-    spec = importlib.util.spec_from_file_location('official2vllama', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('tools/model_converters/official2vllama.py', 'official2vllama')
 
 
 D, DEPTH, HEADS, P, C, NCLS, GRID = 32, 2, 2, 2, 4, 5, 4  # tiny: head dim 16

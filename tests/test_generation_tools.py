@@ -1,7 +1,6 @@
 """tools/generation: sample.py (PNG grid), sample_ddp.py (ADM .npz, resumable,
 deterministic), fid.py (Frechet distance, local TorchScript Inception), extract_latents.py
 (cache, resume, CachedLatents)."""
-import importlib.util
 import os
 import os.path as osp
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIT = str(ROOT / 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py')
@@ -17,10 +17,7 @@ TINY_SIT = str(ROOT / 'configs/generation/sit_llama/sit-llama-tiny-p4_1xb32-300i
 
 
 def tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / 'generation' / f'{name}.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/generation/{name}.py', name)
 
 
 def make_ckpt(config: str, path: Path) -> None:

@@ -1,20 +1,17 @@
 """The environment lock: requirements/lock.txt is well formed, tools/setup_env.sh installs
 every package through it, the README's version table agrees with it, and the interpreter
 running the tests has exactly the locked stack installed."""
-import importlib.util
 import os.path as osp
 import re
 
 import pytest
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LOCK = osp.join(ROOT, 'requirements', 'lock.txt')
 STACK = osp.join(ROOT, 'requirements', 'stack.in')
 
-_spec = importlib.util.spec_from_file_location('check_lock', osp.join(ROOT, 'tools',
-                                                                      'check_lock.py'))
-check_lock = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check_lock)
+check_lock = load_tool('tools/check_lock.py', 'check_lock')
 
 
 def _stack_requirements():

@@ -3,13 +3,13 @@ every config gets the atomic checkpoint hook and a collective timeout; tools/tes
 refuses checkpoints that do not fit; tools/train.py handles max_epochs=1 and reports a
 wrong Pretrained prefix as one line."""
 import glob
-import importlib.util
 import os.path as osp
 import sys
 
 import pytest
 import torch
 from mmengine.config import Config
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
@@ -32,11 +32,7 @@ def test_every_config_has_atomic_checkpoints_and_a_timeout(path):
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'_rel_tool_{name}',
-                                                  osp.join(REPO, 'tools', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(f'tools/{name}.py', f'_rel_tool_{name}')
 
 
 _RUNS = iter(range(10**6))

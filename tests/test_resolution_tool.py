@@ -1,5 +1,4 @@
 """tools/analysis/resolution_robustness.py: pipeline resizing, RoPE switching, end to end."""
-import importlib.util
 import json
 import os.path as osp
 import re
@@ -8,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO, 'tools/analysis/resolution_robustness.py')
@@ -15,14 +15,7 @@ CONFIG = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
                   'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('resolution_robustness', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool(osp.relpath(TOOL, REPO), 'resolution_robustness')
 
 
 # ---------------------------------------------------------------------------- pipeline

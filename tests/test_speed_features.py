@@ -3,9 +3,7 @@ reference (values and gradients), tables are fetched once per forward, activatio
 with torch.compile without graph breaks, and the benchmark/FLOPs tools measure what
 they claim."""
 import copy
-import importlib.util
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
 from vllama_mm.models.attention import RoPEAttention, attend
 from vllama_mm.models.rope import (RoPE2D, apply_rope, grid_positions, rope_frequencies,
                                    rope_table)
+from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_PLAIN = dict(embed_dims=64, num_layers=3, num_heads=2, feedforward_channels=96)
@@ -238,12 +237,7 @@ def test_compiled_training_step_matches_eager():
 
 # ----------------------------------------------------------------------------- tools
 def _load_tool(rel):
-    path = osp.join(ROOT, rel)
-    spec = importlib.util.spec_from_file_location(osp.basename(rel)[:-3] + '_under_test', path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(rel, osp.basename(rel)[:-3] + '_under_test')
 
 
 def test_flop_counter_counts_sdpa():

@@ -1,7 +1,6 @@
 """Plain VisionLLaMA backbone: shapes, parameter counts, gradients, freezing, equivalences."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vllama_mm.models import VisionLLaMA
 from vllama_mm.models.attention import RoPEAttention

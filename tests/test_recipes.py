@@ -110,8 +110,8 @@ def resolve_with_defaults(cfg: Dict[str, Any], path: str) -> Any:
 
         import vllama_mm.models as models
         cls = getattr(models, resolve(cfg, 'model.backbone.type'), None)
-        if cls is not None:
-            param = inspect.signature(cls.__init__).parameters.get(m.group(1))
+        for klass in getattr(cls, '__mro__', ()):  # **kwargs: the base class's default
+            param = inspect.signature(klass.__init__).parameters.get(m.group(1))
             if param is not None and param.default is not inspect.Parameter.empty:
                 return param.default
     return got

@@ -219,7 +219,8 @@ RECIPES = {
     PV + 'pyramid-vision-llama-l_8xb128_in1k.py': ('l', 224, 128, 'AdamW', 1e-3, .05, 300, .5),
     MAE + 'mae_vision-llama-b-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-b', 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'mae_vision-llama-b-p16_8xb512-amp-coslr-1600e_in1k.py': ('mae-b', 224, 512, 'AdamW', 2.4e-3, .05, 1600, 0.),
-    MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-l', 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
+    # L 800e: the authors' file sets 256 images per GPU (its name says 512)
+    MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-l', 224, 256, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-1600e_in1k.py': ('mae-l', 224, 512, 'AdamW', 2.4e-3, .05, 1600, 0.),
     MAE + 'mae_vision-llama-b-86m-p16_8xb512-amp-coslr-800e_in1k.py': (None, 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'benchmarks/vision-llama-b-p16_8xb128-coslr-100e_in1k.py': ('mae-b', 224, 128, 'AdamW', 2e-3, .05, 100, .1),

@@ -44,7 +44,7 @@ model = dict(
         dict(type='CutMix', alpha=1.0),
     ]))
 
-train_dataloader = dict(batch_size=128)
+train_dataloader = dict(batch_size=128, drop_last=True)  # as DeiT's training loader
 val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
 

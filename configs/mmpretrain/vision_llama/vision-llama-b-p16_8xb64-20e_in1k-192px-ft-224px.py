@@ -78,7 +78,8 @@ test_pipeline = [
     dict(type='CenterCrop', crop_size=224),
     dict(type='PackInputs'),
 ]
-train_dataloader = dict(batch_size=64, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(batch_size=64, drop_last=True,  # as DeiT's training loader
+                        dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 

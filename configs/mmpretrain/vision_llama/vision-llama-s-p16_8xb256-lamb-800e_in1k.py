@@ -104,6 +104,7 @@ train_dataloader = dict(
     batch_size=256,
     num_workers=10,
     persistent_workers=True,
+    drop_last=True,  # as DeiT's training loader
     # DeiT's repeated augmentation: each image 3 times per epoch, spread over the GPUs
     sampler=dict(type='RepeatAugSampler', shuffle=True, num_repeats=3),
     dataset=dict(pipeline=train_pipeline))

@@ -166,3 +166,47 @@ def test_resolver_and_comparison_can_fail():
     assert same((0.1, 2), [0.1, 2]) and not same((0.1, 2), [0.1, 3])
     assert same(MISSING, None) and not same(0.0, None) and not same(True, 1)
     assert not same(1e-6, 1e-8) and same(1e-6 / 4e-3, 2.5e-4)
+
+
+def _timm_cosine_lr(t: int, epochs: int, warmup: int, lr: float, min_lr: float,
+                    warmup_lr: float = 1e-6) -> float:
+    """timm's CosineLRScheduler as DeiT builds it (warmup_prefix=False), at epoch t."""
+    if t < warmup:
+        return warmup_lr + t * (lr - warmup_lr) / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t / epochs))
+
+
+@pytest.mark.parametrize('row_id,bound', [('plain-s', 0.014), ('plain-b', 0.014),
+                                          ('plain-l', 0.027), ('pyramid-s', 0.031)])
+def test_schedule_deviation_from_timm_is_as_documented(row_id, bound):
+    """The deliberate T_max / per-iteration difference costs what docs/fidelity.md says:
+    after warm-up, each epoch's mean lr is within ``bound`` (relative) of timm's."""
+    import torch
+    from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
+    row = next(r for r in ROWS if r['id'] == row_id)
+    cfg = _load(row)
+    lr = resolve(cfg, 'optim_wrapper.optimizer.lr')
+    warm, cos = cfg['param_scheduler']
+    epochs, iters = cfg['train_cfg']['max_epochs'], 10
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    assert warm['convert_to_iter_based']
+    per_epoch = not cos.get('convert_to_iter_based', False)  # stepped once per epoch
+    k = 1 if per_epoch else iters
+    scheds = [(LinearLR(opt, start_factor=warm['start_factor'], by_epoch=False,
+                        begin=warm['begin'] * iters, end=warm['end'] * iters), False),
+              (CosineAnnealingLR(opt, T_max=cos['T_max'] * k, eta_min=cos['eta_min'],
+                                 by_epoch=False, begin=cos['begin'] * k,
+                                 end=cos['end'] * k), per_epoch)]
+    per_iter = []
+    for it in range(epochs * iters):
+        per_iter.append(opt.param_groups[0]['lr'])
+        for sched, epoch_based in scheds:
+            if not epoch_based or (it + 1) % iters == 0:
+                sched.step()
+    worst = 0.0
+    for t in range(warm['end'], epochs):
+        ours = sum(per_iter[t * iters:(t + 1) * iters]) / iters
+        ref = _timm_cosine_lr(t, epochs, warm['end'], lr, cos['eta_min'])
+        worst = max(worst, abs(ours - ref) / ref)
+    assert worst <= bound, worst
+    assert worst > bound / 3  # the bound is tight: the documented number is the real one

@@ -153,3 +153,5 @@ def test_backbone_options_reach_every_block():
     assert {b.drop_path_ffn.p for b in blocks} == {0.0}
     with pytest.raises(ValueError, match='drop_path_branches'):
         VisionLLaMA(arch=arch, img_size=32, drop_path_branches='ffn')
+    with pytest.raises(ValueError, match='needs window attention'):
+        VisionLLaMA(arch=arch, img_size=32, drop_path_per_window=True)

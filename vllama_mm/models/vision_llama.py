@@ -212,6 +212,10 @@ class VisionLLaMA(BaseModule):
 
         check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                     drop_path_rate=drop_path_rate)
+        if drop_path_per_window is True and self.window_size == 0:
+            raise ValueError('drop_path_per_window=True samples drop path per attention '
+                             'window and needs window attention: set window_size > 0, or '
+                             'drop_path_per_window=False')
         dpr = drop_path_rates(drop_path_rate, self.num_layers, drop_path_schedule)
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):

@@ -160,3 +160,61 @@ def test_ddpm_step_matches_diffusers_scheduler():
         theirs = sched.step(out, t_orig, x, generator=torch.Generator().manual_seed(5)
                             ).prev_sample
         assert torch.allclose(ours, theirs.double(), rtol=1e-4, atol=1e-5), i
+
+
+def _dit_ddim_steps(T, n):
+    """DiT's space_timesteps(T, f'ddim{n}'), written out: the first stride i with
+    len(range(0, T, i)) == n."""
+    for i in range(1, T):
+        if len(range(0, T, i)) == n:
+            return list(range(0, T, i))
+    return None
+
+
+@pytest.mark.parametrize('n', [10, 25, 30, 33, 50, 100, 250])
+def test_ddim_spacing_is_dits_ddimN(n):
+    ref = _dit_ddim_steps(1000, n)
+    assert list(respace(1000, n, 'ddim')) == ref
+    leading = list(respace(1000, n, 'leading'))  # diffusers' 'leading': another grid unless n | T
+    assert (leading == ref) == (1000 % n == 0)
+
+
+def test_ddim_spacing_without_a_stride_fails_as_dit():
+    assert _dit_ddim_steps(1000, 45) is None
+    with pytest.raises(ValueError, match="no stride gives exactly 45"):
+        respace(1000, 45, 'ddim')
+
+
+def test_dit_generator_ddim_uses_dits_spacing(monkeypatch):
+    from vllama_mm.generation.generators import DiTGenerator
+    seen = []
+    real = GaussianDiffusion.respaced
+    monkeypatch.setattr(GaussianDiffusion, 'respaced',
+                        lambda self, n, spacing='linspace': seen.append((n, spacing))
+                        or real(self, n, spacing))
+    gen = DiTGenerator(dict(type='DiTLLaMA', arch=dict(embed_dims=32, num_layers=1,
+                                                       num_heads=2),
+                            input_size=4, patch_size=2, in_channels=1, num_classes=3))
+    labels = torch.tensor([0, 1])
+    gen.sample_latents(labels, type='ddim', num_steps=30)
+    gen.sample_latents(labels, type='ddim', num_steps=30, spacing='leading')
+    gen.sample_latents(labels, type='ddpm', num_steps=4)
+    assert seen == [(30, 'ddim'), (30, 'leading'), (4, 'linspace')]
+
+
+@pytest.mark.parametrize('method,calls', [('euler', 1), ('heun', 2)])
+def test_ode_num_steps_counts_time_points_as_sit(method, calls):
+    """SiT hands linspace(t0, t1, N) to torchdiffeq: N points, N - 1 fixed steps."""
+    times = []
+
+    def fn(x, t):
+        times.append(float(t[0]))
+        return torch.ones_like(x)
+
+    x = sample_ode(fn, torch.zeros(1, 1, 1, 1), method=method, num_steps=5)
+    assert len(times) == calls * 4
+    np.testing.assert_allclose(sorted(set(times)), np.linspace(0, 1, 5)[:4 if calls == 1
+                                                                           else 5])
+    assert x.item() == pytest.approx(1.0)  # dx/dt = 1 over [0, 1]
+    with pytest.raises(ValueError, match='time points'):
+        sample_ode(fn, torch.zeros(1, 1, 1, 1), method=method, num_steps=1)

@@ -137,6 +137,7 @@ def load_tiny(rel: str, data_root: str, work_dir: Path) -> Config:
     if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
+        cfg.optim_wrapper.pop('dtype', None)  # the bf16 rows
     cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=100)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, max_keep_ckpts=1)
@@ -209,7 +210,8 @@ RECIPES = {
     # file: (arch, px, batch/GPU, optimizer, lr, wd, epochs, drop path)
     VL + 'vision-llama-s-p16_8xb256-lamb-800e_in1k.py': ('s', 224, 256, 'Lamb', 4e-3, .05, 800, .05),
     VL + 'vision-llama-b-p16_8xb256-lamb-800e_in1k-192px.py': ('b', 192, 256, 'Lamb', 3e-3, .05, 800, .2),
-    VL + 'vision-llama-l-p16_8xb256-lamb-800e_in1k-128px.py': ('l', 128, 256, 'Lamb', 3e-3, .05, 800, .45),
+    # L: the authors' command has no --unscale-lr, so DeiT scales 3e-3 by 2048 / 512
+    VL + 'vision-llama-l-p16_8xb256-lamb-800e_in1k-128px.py': ('l', 128, 256, 'Lamb', 1.2e-2, .05, 800, .45),
     VL + 'vision-llama-b-p16_8xb64-20e_in1k-192px-ft-224px.py': ('b', 224, 64, 'AdamW', 1e-5, .1, 20, .2),
     VL + 'vision-llama-l-p16_8xb64-20e_in1k-128px-ft-224px.py': ('l', 224, 64, 'AdamW', 1e-5, .1, 20, .45),
     PV + 'pyramid-vision-llama-s_8xb128_in1k.py': ('s', 224, 128, 'AdamW', 1e-3, .05, 300, .2),
@@ -217,7 +219,8 @@ RECIPES = {
     PV + 'pyramid-vision-llama-l_8xb128_in1k.py': ('l', 224, 128, 'AdamW', 1e-3, .05, 300, .5),
     MAE + 'mae_vision-llama-b-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-b', 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'mae_vision-llama-b-p16_8xb512-amp-coslr-1600e_in1k.py': ('mae-b', 224, 512, 'AdamW', 2.4e-3, .05, 1600, 0.),
-    MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-l', 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
+    # L 800e: the authors' file sets 256 images per GPU (its name says 512)
+    MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-800e_in1k.py': ('mae-l', 224, 256, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'mae_vision-llama-l-p16_8xb512-amp-coslr-1600e_in1k.py': ('mae-l', 224, 512, 'AdamW', 2.4e-3, .05, 1600, 0.),
     MAE + 'mae_vision-llama-b-86m-p16_8xb512-amp-coslr-800e_in1k.py': (None, 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'benchmarks/vision-llama-b-p16_8xb128-coslr-100e_in1k.py': ('mae-b', 224, 128, 'AdamW', 2e-3, .05, 100, .1),

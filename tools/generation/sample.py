@@ -25,7 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--out', default='samples.png', help='PNG grid path')
     p.add_argument('--sampler', default=None,
                    help='DiT: ddpm | ddim; SiT: sde | euler | heun | dopri5 (config default)')
-    p.add_argument('--steps', type=int, default=None, help='sampling steps (config default)')
+    p.add_argument('--steps', type=int, default=None,
+                   help="sampling steps as the references count them (config default): "
+                        "DiT ddim N = DiT's ddimN spacing; SiT euler/heun N = N time "
+                        "points, N - 1 steps; SiT sde N = N evaluations")
     p.add_argument('--cfg-scale', type=float, default=1.0,
                    help='classifier-free guidance scale (1.0: none, as the paper FIDs)')
     p.add_argument('--latent-size', type=int, nargs=2, default=None, metavar=('H', 'W'),

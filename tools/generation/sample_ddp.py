@@ -30,7 +30,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=64, help='samples per batch')
     p.add_argument('--out-dir', required=True)
     p.add_argument('--sampler', default=None)
-    p.add_argument('--steps', type=int, default=None)
+    p.add_argument('--steps', type=int, default=None,
+                   help="sampling steps as the references count them (config default): "
+                        "DiT ddim N = DiT's ddimN spacing; SiT euler/heun N = N time "
+                        "points, N - 1 steps; SiT sde N = N evaluations")
     p.add_argument('--cfg-scale', type=float, default=1.0)
     p.add_argument('--weights', choices=['ema', 'raw'], default='ema')
     p.add_argument('--seed', type=int, default=0)

@@ -30,18 +30,35 @@ def linear_betas(num_timesteps: int = 1000, start: float = 1e-4, end: float = 0.
     return np.linspace(scale * start, scale * end, num_timesteps, dtype=np.float64)
 
 
+SPACINGS = ('linspace', 'ddim', 'leading')
+
+
 def respace(num_timesteps: int, num_steps: int, spacing: str = 'linspace') -> np.ndarray:
-    """Timesteps kept by respacing (increasing): ``'linspace'`` rounds
-    ``linspace(0, T-1, n)`` (DDPM sampling of the authors), ``'leading'`` takes
-    ``0, T//n, 2T//n, ...`` (their DDIM)."""
+    """Timesteps kept by respacing (increasing).
+
+    * ``'linspace'``: ``round(linspace(0, T-1, n))``, DiT's ``timestep_respacing="n"``
+      (its DDPM sampling) and diffusers' ``timestep_spacing='linspace'``.
+    * ``'ddim'``: DiT's ``"ddimN"``: ``range(0, T, s)`` with the smallest stride ``s`` that
+      gives exactly n steps (``ceil(T / s) == n``); some n have no such stride.
+    * ``'leading'``: diffusers' ``'leading'``, ``0, T//n, 2T//n, ...`` (n steps). Equal to
+      ``'ddim'`` when n divides T; otherwise a smaller stride and a lower last step.
+    """
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f'num_steps must be in [1, {num_timesteps}], got {num_steps}')
     if spacing == 'linspace':
         steps = np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int64)
+    elif spacing == 'ddim':
+        strides = [s for s in range(1, num_timesteps)
+                   if -(-num_timesteps // s) == num_steps]
+        if not strides:
+            raise ValueError(f"spacing 'ddim': no stride gives exactly {num_steps} of "
+                             f"{num_timesteps} steps (DiT's ddim{num_steps} fails too); "
+                             "choose another step count or spacing='leading'")
+        steps = np.arange(0, num_timesteps, strides[0])
     elif spacing == 'leading':
         steps = np.arange(0, num_timesteps, num_timesteps // num_steps)[:num_steps]
     else:
-        raise ValueError(f"spacing must be 'linspace' or 'leading', got {spacing!r}")
+        raise ValueError(f'spacing must be one of {SPACINGS}, got {spacing!r}')
     if len(np.unique(steps)) != num_steps:
         raise ValueError(f'{num_steps} steps cannot be spaced over {num_timesteps}')
     return steps

@@ -8,7 +8,9 @@ For this interpolant the score follows from the velocity:
 
 Samplers integrate from t = 0 (noise) towards t = 1 (data):
 
-* ODE ``dx = v dt``: fixed-step Euler or Heun, or adaptive dopri5 (torchdiffeq);
+* ODE ``dx = v dt``: fixed-step Euler or Heun on ``linspace(0, 1, num_steps)`` (SiT's
+  convention: ``num_steps`` time points, ``num_steps - 1`` steps), or adaptive dopri5
+  (torchdiffeq);
 * SDE (Euler-Maruyama) ``dx = [v + w_t s] dt + sqrt(2 w_t) dW`` with ``w_t = 1 - t``
   (diffusion "sigma": the interpolant's noise level), which keeps the marginals of the
   ODE; it stops at ``t = 1 - last_step_size`` and finishes with one deterministic
@@ -59,8 +61,10 @@ def sample_ode(model_fn: VelocityFn, noise: Tensor, method: str = 'dopri5',
                num_steps: int = 50, atol: float = 1e-6, rtol: float = 1e-3,
                progress: bool = False) -> Tensor:
     """Integrate ``dx/dt = v(x, t)`` from t = 0 to 1. ``method``: ``'euler'`` or
-    ``'heun'`` with ``num_steps`` fixed steps, or ``'dopri5'`` (torchdiffeq, adaptive,
-    ``atol``/``rtol`` as the authors' defaults)."""
+    ``'heun'`` on the grid ``linspace(0, 1, num_steps)``, i.e. ``num_steps - 1`` fixed
+    steps (SiT's ``num_sampling_steps``: the time points handed to torchdiffeq; Euler
+    evaluates the network ``num_steps - 1`` times, Heun twice that), or ``'dopri5'``
+    (torchdiffeq, adaptive, ``atol``/``rtol`` as the authors' defaults)."""
     B = noise.shape[0]
     if method == 'dopri5':
         try:
@@ -77,9 +81,12 @@ def sample_ode(model_fn: VelocityFn, noise: Tensor, method: str = 'dopri5',
                       rtol=rtol)[-1]
     if method not in ('euler', 'heun'):
         raise ValueError(f"ODE method must be 'euler', 'heun' or 'dopri5', got {method!r}")
-    ts = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64).tolist()
+    if num_steps < 2:
+        raise ValueError(f'num_steps counts time points (SiT convention): it must be >= 2 '
+                         f'for {num_steps - 1} steps, got {num_steps}')
+    ts = torch.linspace(0.0, 1.0, num_steps, dtype=torch.float64).tolist()
     x = noise
-    for i in _progress(range(num_steps), progress, f'ODE {method}'):
+    for i in _progress(range(num_steps - 1), progress, f'ODE {method}'):
         t0, t1 = ts[i], ts[i + 1]
         h = t1 - t0
         d0 = model_fn(x, torch.full((B,), t0, device=x.device, dtype=x.dtype))

@@ -134,7 +134,10 @@ class DiTGenerator(_LatentGenerator):
         vae: :class:`LatentCodec` kwargs (``kind='sd', path=...``; default identity).
         num_timesteps: training diffusion steps (1000).
         sampler: ``dict(type='ddpm'|'ddim', num_steps=250, eta=0.0,
-            clip_denoised=False)`` (clip the predicted x_0 only in pixel space).
+            clip_denoised=False, spacing=...)`` (clip the predicted x_0 only in pixel
+            space). ``spacing`` defaults to DiT's: ``'linspace'`` for ddpm (its
+            ``"250"``), ``'ddim'`` for ddim (its ``"ddim50"``: the stride giving exactly
+            n steps); ``'leading'`` is diffusers' DDIM spacing.
     """
 
     default_sampler = 'ddpm'
@@ -161,10 +164,10 @@ class DiTGenerator(_LatentGenerator):
                      generator: Optional[torch.Generator] = None) -> Tensor:
         n = int(cfg.get('num_steps', 250))
         if cfg['type'] == 'ddpm':
-            return self.diffusion.respaced(n, 'linspace').ddpm_sample(
+            return self.diffusion.respaced(n, cfg.get('spacing', 'linspace')).ddpm_sample(
                 model_fn, noise, progress=progress, generator=generator,
                 clip_denoised=bool(cfg.get('clip_denoised', False)))
-        return self.diffusion.respaced(n, 'leading').ddim_sample(
+        return self.diffusion.respaced(n, cfg.get('spacing', 'ddim')).ddim_sample(
             model_fn, noise, eta=float(cfg.get('eta', 0.0)), progress=progress,
             generator=generator, clip_denoised=bool(cfg.get('clip_denoised', False)))
 
@@ -176,7 +179,8 @@ class SiTGenerator(_LatentGenerator):
         denoiser: ``DiTLLaMA`` config (``return_sigma=False``: C output channels).
         vae: :class:`LatentCodec` kwargs.
         sampler: ``dict(type='sde', num_steps=250, last_step_size=0.04)`` (the paper's),
-            ``dict(type='euler'|'heun', num_steps=...)`` or
+            ``dict(type='euler'|'heun', num_steps=N)`` (N time points, N - 1 steps, as
+            SiT's ``--num-sampling-steps``) or
             ``dict(type='dopri5', atol=1e-6, rtol=1e-3)``.
     """
 

@@ -4,7 +4,7 @@ The paper's ablation alternatives (GELU MLP, RMSNorm, absolute PE, PEG) live in
 :mod:`.ablations`.
 """
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,23 @@ class DropPath(nn.Module):
         return f'p={self.p}'
 
 
+DROP_PATH_SCHEDULES = ('linear', 'uniform')
+DROP_PATH_BRANCHES = ('both', 'attn')
+
+
+def drop_path_rates(rate: float, num_blocks: int, schedule: str = 'linear') -> List[float]:
+    """Per-block stochastic-depth rates.
+
+    ``'linear'``: ``rate * i / (n - 1)``, rising from 0 in the first block to ``rate`` in
+    the last (timm/mmpretrain ViT, Twins, ViTDet). ``'uniform'``: ``rate`` in every block
+    (DeiT III's ``stochastic_depth_decay=False``, the authors' plain DeiT-code models).
+    """
+    check_choice('drop_path_schedule', schedule, DROP_PATH_SCHEDULES)
+    if schedule == 'uniform':
+        return [float(rate)] * num_blocks
+    return [rate * i / max(1, num_blocks - 1) for i in range(num_blocks)]
+
+
 class VisionLLaMABlock(BaseModule):
     """Pre-norm block: ``x += DropPath(LS(Attn(LN(x))))``; ``x += DropPath(LS(SwiGLU(LN(x))))``.
 
@@ -84,7 +101,13 @@ class VisionLLaMABlock(BaseModule):
         norm_type: ``'ln'`` (default, eps ``norm_eps``) or ``'rmsnorm'`` (ablation 11g).
         qkv_bias, ffn_bias: biases of the attention projections / SwiGLU.
         layer_scale_init: initial layer-scale value; 0 disables layer scale.
-        drop_path: stochastic-depth rate on both branches.
+        drop_path: stochastic-depth rate.
+        drop_path_branches: ``'both'`` (default): drop path on the attention and the MLP
+            residual branch; ``'attn'``: attention branch only (the authors' mmpretrain
+            MAE-layout block, whose LLaMA MLP has no drop path).
+        drop_path_per_window: with ``window_size > 0``, sample the attention branch's
+            drop path per window instead of per image (the authors' ViTDet backbone
+            applies it to the windowed tensor [B*nW, ws*ws, C]).
         norm_eps: LayerNorm eps.
         window_size: > 0 runs attention inside non-overlapping windows (ViTDet windows,
             the pyramid's LSA); the RoPE table passed in is then window-local.
@@ -101,8 +124,13 @@ class VisionLLaMABlock(BaseModule):
                  drop_path: float = 0.0, attn_drop: float = 0.0, drop: float = 0.0,
                  norm_eps: float = 1e-6, window_size: int = 0, window_pad_mask: bool = True,
                  sr_ratio: int = 1, sr_pad: bool = True, mlp_type: str = 'swiglu',
-                 norm_type: str = 'ln', init_cfg=None):
+                 norm_type: str = 'ln', drop_path_branches: str = 'both',
+                 drop_path_per_window: bool = False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        check_choice('drop_path_branches', drop_path_branches, DROP_PATH_BRANCHES)
+        if not isinstance(drop_path_per_window, bool):
+            raise ValueError(f'drop_path_per_window must be True or False, '
+                             f'got {drop_path_per_window!r}')
         self.window_size = int(window_size)
         self.window_pad_mask = window_pad_mask
         self.ln1 = build_norm(norm_type, dim, norm_eps)
@@ -120,23 +148,28 @@ class VisionLLaMABlock(BaseModule):
             self.ls2 = LayerScale(dim, layer_scale_init)
         else:
             self.ls1 = self.ls2 = nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path)  # attention branch
+        self.drop_path_ffn = DropPath(drop_path if drop_path_branches == 'both' else 0.0)
+        self.drop_path_per_window = drop_path_per_window and self.window_size > 0
 
     def _attention(self, x: Tensor, hw: Optional[Tuple[int, int]], rope: Optional[Table],
                    rope_k: Optional[Table]) -> Tensor:
+        """Attention branch after layer scale and drop path: [B, N, C]."""
         if self.window_size <= 0:
-            return self.attn(x, rope, rope_k, hw)
+            return self.drop_path(self.ls1(self.attn(x, rope, rope_k, hw)))
         ws = self.window_size
         windows, padded_hw = window_partition(x, hw, ws)  # [B*nW, ws*ws, C]
         mask = window_key_mask(hw, ws, x.shape[0], x.device) if self.window_pad_mask else None
-        out = self.attn(windows, rope, attn_mask=mask)
-        return window_unpartition(out, hw, padded_hw, ws)
+        out = self.ls1(self.attn(windows, rope, attn_mask=mask))  # [B*nW, ws*ws, C]
+        if self.drop_path_per_window:  # one keep/drop draw per window
+            return window_unpartition(self.drop_path(out), hw, padded_hw, ws)
+        return self.drop_path(window_unpartition(out, hw, padded_hw, ws))
 
     def forward(self, x: Tensor, hw: Optional[Tuple[int, int]] = None,
                 rope: Optional[Table] = None, rope_k: Optional[Table] = None) -> Tensor:
         """x: [B, N, C]; ``hw`` the token grid (needed by windows and pooled keys)."""
-        x = x + self.drop_path(self.ls1(self._attention(self.ln1(x), hw, rope, rope_k)))
-        return x + self.drop_path(self.ls2(self.ffn(self.ln2(x))))
+        x = x + self._attention(self.ln1(x), hw, rope, rope_k)
+        return x + self.drop_path_ffn(self.ls2(self.ffn(self.ln2(x))))
 
 
 class PatchEmbed(nn.Module):

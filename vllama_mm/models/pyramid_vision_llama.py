@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, rope_rotary_dim
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block)
 from .rope import RoPE2D, Table, _pair, grid_positions
@@ -70,8 +70,11 @@ class PyramidVisionLLaMA(BaseModule):
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
             stages halve it, rounding up).
         qkv_bias: bias of the q/k/v projections.
-        drop_rate, attn_drop_rate, drop_path_rate: dropouts; drop path grows linearly
-            over all blocks of all stages.
+        drop_rate, attn_drop_rate, drop_path_rate: dropouts.
+        drop_path_schedule: ``'linear'`` (default; the authors' Twins-based code): the
+            rate rises from 0 to ``drop_path_rate`` over all blocks of all stages;
+            ``'uniform'``: the same rate in every block.
+        drop_path_branches: ``'both'`` (default) or ``'attn'`` (attention branch only).
         norm_eps: LayerNorm eps.
         frozen_stages: freeze the patch embedding, blocks and output norm of stages
             ``0..frozen_stages-1`` (and ``norm`` when all 4 are frozen); kept after
@@ -147,6 +150,8 @@ class PyramidVisionLLaMA(BaseModule):
                  rope_ntk_factor: float = 2.0,
                  abs_pos_embed: Optional[str] = None,
                  use_peg: bool = False,
+                 drop_path_schedule: str = 'linear',
+                 drop_path_branches: str = 'both',
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         a = self._resolve_arch(arch)
@@ -206,7 +211,7 @@ class PyramidVisionLLaMA(BaseModule):
         check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                     drop_path_rate=drop_path_rate)
         total = sum(self.depths)
-        dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear
+        dpr = drop_path_rates(drop_path_rate, total, drop_path_schedule)
         self.patch_embeds = nn.ModuleList()
         self.stages = nn.ModuleList()
         prev, cursor = in_channels, 0
@@ -224,7 +229,8 @@ class PyramidVisionLLaMA(BaseModule):
                     norm_eps=norm_eps, window_size=self.window_size if lsa else 0,
                     window_pad_mask=self.window_pad_mask,
                     sr_ratio=1 if lsa else self.sr_ratios[s], sr_pad=self.gsa_pool == 'pad',
-                    mlp_type=mlp_type, norm_type=norm_type)
+                    mlp_type=mlp_type, norm_type=norm_type,
+                    drop_path_branches=drop_path_branches)
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]

@@ -12,7 +12,7 @@ from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, 
                              resolve_arch, resolve_out_indices, run_block)
 from .ablations import (ABS_POS_TYPES, AbsPosEmbed, build_norm, check_choice, mlp_hidden,
                         rope_rotary_dim)
-from .blocks import PatchEmbed, VisionLLaMABlock, swiglu_hidden
+from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
 from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
 
 
@@ -51,7 +51,15 @@ class VisionLLaMA(BaseModule):
         rope_anchor: anchor grid ``(h, w)`` overriding ``img_size / patch_size``,
             e.g. the pre-training grid when fine-tuning at another size.
         qkv_bias: bias of the qkv projection.
-        drop_rate, attn_drop_rate, drop_path_rate: dropouts; drop path grows linearly.
+        drop_rate, attn_drop_rate, drop_path_rate: dropouts.
+        drop_path_schedule: ``'linear'`` (default): the drop-path rate rises from 0 in
+            the first block to ``drop_path_rate`` in the last; ``'uniform'``: the same
+            rate in every block (the authors' DeiT-code plain models).
+        drop_path_branches: ``'both'`` (default) or ``'attn'``: drop path on the
+            attention branch only (the authors' MAE-layout backbone: fine-tuning,
+            UperNet, ViTDet).
+        drop_path_per_window: sample the attention drop path per window in window
+            blocks (the authors' ViTDet backbone); default per image.
         norm_eps: LayerNorm eps.
         final_norm: LayerNorm ``ln1`` on the last block's output.
         frozen_stages: freeze patch embed, class token and the first N blocks
@@ -120,6 +128,9 @@ class VisionLLaMA(BaseModule):
                  rope_shared: bool = True,
                  rope_ntk_factor: float = 2.0,
                  abs_pos_embed: Optional[str] = None,
+                 drop_path_schedule: str = 'linear',
+                 drop_path_branches: str = 'both',
+                 drop_path_per_window: bool = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
@@ -201,7 +212,11 @@ class VisionLLaMA(BaseModule):
 
         check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                     drop_path_rate=drop_path_rate)
-        dpr = [drop_path_rate * i / max(1, self.num_layers - 1) for i in range(self.num_layers)]
+        if drop_path_per_window is True and self.window_size == 0:
+            raise ValueError('drop_path_per_window=True samples drop path per attention '
+                             'window and needs window attention: set window_size > 0, or '
+                             'drop_path_per_window=False')
+        dpr = drop_path_rates(drop_path_rate, self.num_layers, drop_path_schedule)
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             windowed = self.window_size > 0 and i not in self.global_attn_indexes
@@ -212,7 +227,8 @@ class VisionLLaMA(BaseModule):
                     drop_path=dpr[i], attn_drop=attn_drop_rate, drop=drop_rate,
                     norm_eps=norm_eps, window_size=self.window_size if windowed else 0,
                     window_pad_mask=window_pad_mask, mlp_type=mlp_type,
-                    norm_type=norm_type))
+                    norm_type=norm_type, drop_path_branches=drop_path_branches,
+                    drop_path_per_window=drop_path_per_window))
         self.with_cp = with_cp
         self.drop_after_pos = nn.Dropout(drop_rate)
 

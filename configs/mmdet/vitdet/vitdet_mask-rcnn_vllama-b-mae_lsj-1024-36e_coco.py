@@ -49,6 +49,11 @@ model = dict(
         global_attn_indexes=(2, 5, 8, 11),
         window_pad_mask=False,
         drop_path_rate=0.1,
+        # the authors' LLaMADET block: drop path on the attention branch only (their LLaMA
+        # MLP has none), sampled per 14x14 window in window blocks (it acts on the windowed
+        # tensor), per image in the global blocks
+        drop_path_branches='attn',
+        drop_path_per_window=True,
         init_cfg=dict(
             type='Pretrained',
             # the authors' 36-epoch run starts from the 800-epoch MAE weights

@@ -3,7 +3,9 @@
 # 8 GPUs x 128 = 1024 images (5e-4 x 1024 / 512), wd 0.05 (none on norms, biases, layer scale),
 # 5 warm-up epochs from 1e-6, cosine to 1e-5, RandAugment m9 (mstd 0.5, increasing), random
 # erasing 0.25, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, drop path 0.2, no gradient clipping
-# (the authors' default; mmpretrain's Twins configs clip at 5). Evaluation: resize 256, crop 224.
+# (the authors' default; mmpretrain's Twins configs clip at 5), bf16 autocast as their training
+# loop (AmpOptimWrapper, dtype bfloat16; needs a GPU with bf16). Evaluation as their DeiT code:
+# resize 256, centre crop 224, every epoch; the reported number is the best epoch (save_best).
 # Paper: 81.6 top-1 (released weights). Also the base of the B and L configs.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
@@ -42,11 +44,13 @@ model = dict(
         dict(type='CutMix', alpha=1.0),
     ]))
 
-train_dataloader = dict(batch_size=128)
+train_dataloader = dict(batch_size=128, drop_last=True)  # as DeiT's training loader
 val_dataloader = dict(batch_size=128)
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(
+    type='AmpOptimWrapper',
+    dtype='bfloat16',
     optimizer=dict(
         type='AdamW',
         lr=5e-4 * 128 * 8 / 512,  # 1e-3 for 8 GPUs x 128 images
@@ -62,5 +66,7 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
 
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(
+    type='AtomicCheckpointHook', interval=1, max_keep_ckpts=3,
+    save_best='accuracy/top1', rule='greater'))
 randomness = dict(seed=0, diff_rank_seed=True)

@@ -1,6 +1,7 @@
 # Plain VisionLLaMA-B, supervised on ImageNet-1k at 192 px with the DeiT III recipe (the
 # authors' command line for B): as the S config, but LAMB lr 3e-3, drop path 0.2 and 192 x 192
-# training/evaluation crops (12 x 12 tokens); 8 GPUs x 256 images, 800 epochs.
+# training/evaluation crops (12 x 12 tokens; evaluation resizes to int(256 / 224 * 192) = 219
+# first); 8 GPUs x 256 images, 800 epochs.
 # Then fine-tune at 224 px for 20 epochs: vision-llama-b-p16_8xb64-20e_in1k-192px-ft-224px.py.
 _base_ = './vision-llama-s-p16_8xb256-lamb-800e_in1k.py'
 
@@ -34,7 +35,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=img_size, edge='short', backend='pillow',
+    dict(type='ResizeEdge', scale=int(256 / 224 * img_size), edge='short', backend='pillow',
          interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=img_size),
     dict(type='PackInputs'),

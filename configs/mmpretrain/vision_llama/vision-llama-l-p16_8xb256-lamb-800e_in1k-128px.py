@@ -1,7 +1,10 @@
 # Plain VisionLLaMA-L, supervised on ImageNet-1k at 128 px with the DeiT III recipe (the
-# authors' command line for L): as the S config, but LAMB lr 3e-3, drop path 0.45 and 128 x 128
-# crops (8 x 8 tokens); 8 GPUs x 256 images, 800 epochs. The authors' L command does not set
-# `--reprob 0`, so DeiT's default random erasing (p 0.25) is on here, unlike S and B.
+# authors' command line for L): as the S config, but drop path 0.45, 128 x 128 crops (8 x 8
+# tokens; evaluation resizes to int(256 / 224 * 128) = 146 first); 8 GPUs x 256 images, 800
+# epochs. That command does not pass `--unscale-lr`, so their script scales `--lr 3e-3` by
+# 2048 / 512: LAMB lr 1.2e-2 (S and B pass it: 4e-3 / 3e-3 as given). It does not set
+# `--reprob 0` either, but with `--ThreeAugment` the 3-Augment transform replaces the whole
+# training transform, random erasing included: no random erasing, as S and B.
 # Then fine-tune at 224 px for 20 epochs: vision-llama-l-p16_8xb64-20e_in1k-128px-ft-224px.py.
 _base_ = './vision-llama-s-p16_8xb256-lamb-800e_in1k.py'
 
@@ -13,8 +16,6 @@ model = dict(
         drop_path_rate=0.45),
     head=dict(in_channels=1024))
 
-bgr_mean = [103.53, 116.28, 123.675]
-bgr_std = [57.375, 57.12, 58.395]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(
@@ -33,19 +34,11 @@ train_pipeline = [
                  total_level=10, magnitude_std='inf', prob=1.0),
         ]),
     dict(type='ColorJitter', brightness=0.3, contrast=0.3, saturation=0.3),
-    dict(
-        type='RandomErasing',
-        erase_prob=0.25,
-        mode='rand',
-        min_area_ratio=0.02,
-        max_area_ratio=1 / 3,
-        fill_color=bgr_mean,
-        fill_std=bgr_std),
     dict(type='PackInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=img_size, edge='short', backend='pillow',
+    dict(type='ResizeEdge', scale=int(256 / 224 * img_size), edge='short', backend='pillow',
          interpolation='bicubic'),
     dict(type='CenterCrop', crop_size=img_size),
     dict(type='PackInputs'),
@@ -54,9 +47,10 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(optimizer=dict(lr=3e-3))
+lr = 3e-3 * 256 * 8 / 512  # DeiT's linear scaling (no --unscale-lr): 1.2e-2
+optim_wrapper = dict(optimizer=dict(lr=lr))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6 / 3e-3, by_epoch=True, begin=0, end=5,
+    dict(type='LinearLR', start_factor=1e-6 / lr, by_epoch=True, begin=0, end=5,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=795, eta_min=1e-5, by_epoch=True, begin=5, end=800,
          convert_to_iter_based=True),

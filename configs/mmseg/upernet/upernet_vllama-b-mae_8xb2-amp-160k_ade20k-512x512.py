@@ -40,6 +40,8 @@ model = dict(
         out_indices=(3, 5, 7, 11),
         final_norm=False,  # the checkpoint's final ``ln1`` is dropped on loading
         drop_path_rate=0.1,
+        # the authors' MAE-layout block: drop path on the attention branch only
+        drop_path_branches='attn',
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')),
     neck=dict(embed_dim=768, rescales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[768, 768, 768, 768], num_classes=150, channels=768),

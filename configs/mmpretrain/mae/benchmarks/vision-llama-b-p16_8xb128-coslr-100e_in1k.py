@@ -31,13 +31,16 @@ model = dict(
         out_type='avg_featmap',  # GAP of the patch tokens, then the new LayerNorm ``ln2``
         final_norm=False,  # the checkpoint's final ``ln1`` is dropped on loading
         drop_path_rate=0.1,
+        # the authors' MAE-layout block: drop path on the attention branch only (their
+        # LLaMA MLP has none)
+        drop_path_branches='attn',
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')))
 
 # Layer-wise lr decay through vllama_mm's constructor: parameter at depth d (patch embed block i -> i + 1, ``ln2`` and the head 13) gets lr x 0.45 ** (13 - d); no
 # weight decay on 1-D parameters (norms, biases), as the stock recipe.
 optim_wrapper = dict(
     _delete_=True,
-    type='OptimWrapper',
+    type='AmpOptimWrapper',  # the authors fine-tune with --amp (fp16 autocast, loss scaling)
     constructor='LayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05, betas=(0.9, 0.999)),
     paramwise_cfg=dict(

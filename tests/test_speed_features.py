@@ -3,6 +3,8 @@ reference (values and gradients), tables are fetched once per forward, activatio
 with torch.compile without graph breaks, and the benchmark/FLOPs tools measure what
 they claim."""
 import copy
+import math
+import os
 import os.path as osp
 
 import pytest
@@ -448,3 +450,35 @@ def test_benchmark_ref_models_come_from_the_revision():
     net = models.VisionLLaMA(arch=dict(embed_dims=32, num_layers=1, num_heads=2),
                              img_size=32, patch_size=8)
     assert net(torch.randn(1, 3, 32, 32))[0].shape[0] == 1
+
+
+def test_gpu_benchmark_command_runs_in_tiny_mode(tmp_path):
+    """tools/benchmark_gpu.sh --tiny (CPU, tiny archs, compile through the eager backend)
+    measures every model in both modes and writes its table, keeping the doc's text."""
+    import re
+    import subprocess
+    import sys
+    doc = tmp_path / 'benchmark.md'
+    doc.write_text('# Benchmark\n\nkept text\n')
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run([osp.join(ROOT, 'tools', 'benchmark_gpu.sh'), '--tiny',
+                           '--peak-tflops', '0.5', '--out-dir', str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert text.startswith('# Benchmark\n\nkept text\n') and 'gpu-benchmark:begin' in text
+    rows = [line for line in text.splitlines() if re.match(r'\| [A-Z].*, (eager|compiled) \|', line)]
+    names = {r.split(' | ')[0][2:] for r in rows}
+    expected = {'DiT-LLaMA-XL/2', 'DiT-XL/2', 'VisionLLaMA-B', 'Pyramid-VisionLLaMA-B'}
+    try:
+        import mmpretrain  # noqa: F401
+        expected |= {'ViT-B/16', 'Twins SVT-B'}
+    except ImportError:
+        pass
+    assert names == {f'{n}, {m}' for n in expected for m in ('eager', 'compiled')}
+    for r in rows:
+        cells = [c.strip() for c in r.strip('|').split('|')]
+        img_s, mfu = float(cells[2]), float(cells[5].rstrip('%'))
+        assert img_s > 0 and math.isfinite(img_s) and mfu > 0  # MFU from --peak-tflops
+        if cells[0].startswith('DiT-LLaMA'):
+            assert float(cells[3]) > 0  # ratio to the DiT-XL/2 peer, same mode

@@ -220,6 +220,11 @@ class RoPE2D(nn.Module):
         1, 224², one CPU thread)."""
         if self.rope_type == 'none':
             return None
+        if torch.compiler.is_compiling():
+            # traced into the graph, not cached: a lookup keyed by the grid size would
+            # make torch.compile guard on the cache's contents and recompile for every
+            # new input size; in the graph the table follows the (dynamic) size
+            return build()
         table = self._cache.get(key)
         if table is None:
             if len(self._cache) >= self.max_cached:

@@ -319,6 +319,45 @@ def test_compiled_training_step_matches_eager():
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name + n)
 
 
+#: three input sizes per kind: the windowed ones padded and unpadded (3x3 windows on
+#: 4x5, 6x4 and 6x6 token grids), square after non-square (duck sizing would otherwise
+#: specialise the first graph on H == W)
+DYNAMIC_SIZES = {'plain': [(64, 80), (96, 64), (64, 64)],
+                 'vitdet': [(64, 80), (96, 64), (96, 96)],
+                 'pyramid': [(64, 96), (96, 64), (64, 64)],
+                 'dit': [(8, 12), (12, 8), (8, 8)]}
+
+
+@pytest.mark.parametrize('kind', list(DYNAMIC_SIZES))
+def test_compiled_dynamic_shapes_do_not_recompile(kind):
+    """torch.compile(dynamic=True) (in a config: ``compile=dict(dynamic=True)``): one
+    graph, no recompilation over three input sizes, training steps included (the RoPE
+    tables and the window padding are traced into the graph, not looked up by size)."""
+    from torch._dynamo.utils import counters
+    if kind == 'dit':
+        m = DiTLLaMA(dict(embed_dims=32, num_layers=1, num_heads=2), patch_size=2,
+                     input_size=8, num_classes=10)
+    elif kind == 'pyramid':
+        m = PyramidVisionLLaMA(dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
+                               img_size=64)
+    else:
+        m = _tiny_models()[['plain', 'vitdet'].index(kind)][1]
+    m.train()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(m, dynamic=True, backend='eager')
+    for h, w in DYNAMIC_SIZES[kind]:
+        if kind == 'dit':
+            out = compiled(torch.randn(2, 4, h, w), torch.tensor([1., 9.]), torch.tensor([0, 3]))
+            assert out.shape == (2, 8, h, w)
+        else:
+            out = compiled(torch.randn(2, 3, h, w))[-1]
+        out.float().pow(2).mean().backward()
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    assert not counters['graph_break'], dict(counters['graph_break'])
+    assert counters['stats']['calls_captured'] > 0  # it did trace the model
+
+
 # ----------------------------------------------------------------------------- tools
 def _load_tool(rel):
     return load_tool(rel, osp.basename(rel)[:-3] + '_under_test')

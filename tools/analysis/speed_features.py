@@ -72,7 +72,7 @@ def forward_rows(ref_module, args) -> List[str]:
             rows.append(f'| {name} | {"bf16" if amp else "fp32"} | '
                         f'{statistics.median(t["old"]) * 1e3:.0f} | '
                         f'{statistics.median(t["new"]) * 1e3:.0f} | '
-                        f'{_ratio_text(t["old"], t["new"])} |')
+                        f'{_ratio_text(t["new"], t["old"])} |')
             print(rows[-1], flush=True)
     return rows
 
@@ -106,7 +106,7 @@ def cp_rows(args) -> List[str]:
                 t[k].append(_time(fns[k]))
         for k in fns:
             rows.append(f'| {name} | {k} | {statistics.median(t[k]) * 1e3:.0f} | '
-                        f'{_ratio_text(t[k], t["none"]) if k != "none" else "1"} | '
+                        f'{_ratio_text(t["none"], t[k]) if k != "none" else "1"} | '
                         f'{peaks[k] / 2 ** 20:.0f} | {peaks[k] / peaks["none"]:.2f} |')
             print(rows[-1], flush=True)
     return rows

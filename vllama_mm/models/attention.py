@@ -158,7 +158,7 @@ def window_partition(x: Tensor, hw: Tuple[int, int], window_size: int
     x = x.view(B, H, W, C)
     pad_h, pad_w = (-H) % ws, (-W) % ws
     # compiled: always pad (a no-op pad when it fits), so one graph serves every size
-    if pad_h or pad_w or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     Hp, Wp = H + pad_h, W + pad_w
     x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3)
@@ -185,7 +185,7 @@ def window_key_mask(hw: Tuple[int, int], window_size: int, batch: int,
     whether the size is a multiple of the window)."""
     H, W = hw
     ws = window_size
-    if H % ws == 0 and W % ws == 0 and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and H % ws == 0 and W % ws == 0:
         return None
     Hp, Wp = H + (-H) % ws, W + (-W) % ws
     valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)

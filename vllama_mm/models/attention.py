@@ -173,7 +173,11 @@ def window_unpartition(windows: Tensor, hw: Tuple[int, int], padded_hw: Tuple[in
     ws = window_size
     C = windows.shape[-1]
     x = windows.view(-1, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3)
-    x = x.reshape(-1, Hp, Wp, C)[:, :H, :W]  # a view when nothing was padded
+    x = x.reshape(-1, Hp, Wp, C)
+    if torch.compiler.is_compiling() or Hp != H or Wp != W:
+        # copy out the real tokens; compiled: always (an explicit copy), so that the graph
+        # has no size-dependent "is the slice contiguous" branch
+        x = x[:, :H, :W].clone(memory_format=torch.contiguous_format)
     return x.reshape(-1, H * W, C)
 
 

@@ -338,7 +338,7 @@ def test_compiled_dynamic_shapes_do_not_recompile(kind):
         m = DiTLLaMA(dict(embed_dims=32, num_layers=1, num_heads=2), patch_size=2,
                      input_size=8, num_classes=10)
     elif kind == 'pyramid':
-        m = PyramidVisionLLaMA(dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
+        m = PyramidVisionLLaMA(dict(embed_dims=[32, 64, 96, 128], depths=[1, 1, 1, 1]),
                                img_size=64)
     else:
         m = _tiny_models()[['plain', 'vitdet'].index(kind)][1]

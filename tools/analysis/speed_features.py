@@ -6,9 +6,14 @@ built from the classes (no config, no mmpretrain needed), paired per round.
   after / before (median and interquartile range);
 * ``cp``: the training step (forward, mean-square loss, backward) with ``with_cp`` =
   none / full / selective: per-round time ratio to none and peak tensor bytes (the
-  exact CPU measurement of ``tools/benchmark.py``).
+  exact CPU measurement of ``tools/benchmark.py``);
+* ``rope``: the q and k rotation alone at ViT-B size ([4, 12, 197, 64] each, views of
+  one qkv projection as in the attention): the former ``unbind``/``stack`` form, the
+  current pair swap, the pair swap with tables cast to the activations' dtype, and q
+  and k rotated in one call; time and error against a float64 rotation.
 
     python tools/analysis/speed_features.py --ref c4928f5 --repeats 7
+    python tools/analysis/speed_features.py --only rope --repeats 25
 """
 import argparse
 import copy
@@ -112,6 +117,46 @@ def cp_rows(args) -> List[str]:
     return rows
 
 
+def rope_rows(args) -> List[str]:
+    from vllama_mm.models.rope import RoPE2D, apply_rope, pair_signs, swap_pairs
+
+    def former(x, t):  # the rotation before this change: unbind, negate, stack
+        a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.addcmul(x * t[0], torch.stack((-b, a), dim=-1).flatten(-2),
+                             t[1]).to(x.dtype)
+
+    def low_tables(x, t):  # tables in the activations' dtype
+        cos, sin = t[0].to(x.dtype), t[1].to(x.dtype)
+        return torch.addcmul(x * cos, swap_pairs(x), pair_signs(sin))
+    table = RoPE2D(64, (14, 14), 'as2d').grid(14, 14, num_prefix=1)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        qkv = torch.randn(4, 197, 3, 12, 64).to(dtype).permute(2, 0, 3, 1, 4)  # [3,B,h,N,Hc]
+        q, k = qkv[0], qkv[1]
+        variants = {
+            'former (unbind/neg/stack)': lambda: (former(q, table), former(k, table)),
+            'pair swap (current)': lambda: (apply_rope(q, table), apply_rope(k, table)),
+            'pair swap, tables in x dtype': lambda: (low_tables(q, table), low_tables(k, table)),
+            'q and k in one call': lambda: tuple(apply_rope(qkv[:2], table).unbind(0)),
+        }
+        qd, kd, cos, sin = q.double(), k.double(), table[0].double(), table[1].double()
+        ref = [torch.stack((z[..., 0::2] * cos[:, 0::2] - z[..., 1::2] * sin[:, 0::2],
+                            z[..., 0::2] * sin[:, 0::2] + z[..., 1::2] * cos[:, 0::2]),
+                           -1).flatten(-2) for z in (qd, kd)]
+        t: Dict[str, List[float]] = {n: [] for n in variants}
+        for r in range(args.repeats):
+            for n, f in variants.items():
+                t[n].append(_time(f))
+        for n, f in variants.items():
+            err = torch.cat([(o.double() - e).flatten() for o, e in zip(f(), ref)])
+            rms = (err.pow(2).mean() / torch.cat([e.flatten() for e in ref]).pow(2).mean()).sqrt()
+            rows.append(f'| {str(dtype)[6:]} | {n} | {statistics.median(t[n]) * 1e3:.2f} | '
+                        f'{_ratio_text(t[n], t["former (unbind/neg/stack)"])} | '
+                        f'{err.abs().max():.2e} | {rms:.2e} |')
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--ref', default=None, help='revision for the forward before/after')
@@ -119,11 +164,16 @@ def main(argv=None) -> None:
     p.add_argument('--batch', type=int, default=4)
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--amp', action='store_true', help='bf16 autocast for the cp rows')
-    p.add_argument('--only', choices=['forward', 'cp'], default=None)
+    p.add_argument('--only', choices=['forward', 'cp', 'rope'], default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from vllama_mm.engine.console import quiet_console
     quiet_console()
+    if args.only == 'rope':
+        print('| dtype | q, k rotation | ms | speed-up vs former [IQR] | max abs error | '
+              'rms relative error |\n|---|---|---|---|---|---|')
+        rope_rows(args)
+        return
     if args.only != 'cp':
         if not args.ref:
             raise SystemExit('speed_features: the forward rows need --ref REV')

@@ -3,13 +3,18 @@ reference (values and gradients), tables are fetched once per forward, activatio
 with torch.compile without graph breaks, and the benchmark/FLOPs tools measure what
 they claim."""
 import copy
+import math
+import os
 import os.path as osp
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA, VisionLLaMAMAE
+from vllama_mm.models.dit_llama import DiTLLaMA
 from vllama_mm.models.attention import RoPEAttention, attend
 from vllama_mm.models.rope import (RoPE2D, apply_rope, grid_positions, rope_frequencies,
                                    rope_table)
@@ -146,16 +151,20 @@ def test_pyramid_tables_fetched_once_per_stage():
 
 
 # ----------------------------------------------------------------------------- checkpointing
-def _outputs_and_grads(model, x):
-    torch.manual_seed(123)  # same drop-path draws
-    outs = model(x)
-    sum(o.pow(2).mean() for o in outs).backward()
-    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
+CP_KINDS = ['plain', 'pyramid', 'vitdet', 'mae', 'dit']
 
 
-@pytest.mark.parametrize('kind', ['plain', 'pyramid', 'vitdet'])
-def test_with_cp_gives_the_same_outputs_and_gradients(kind):
+def _cp_model(kind):
+    """A tiny model of each kind in train mode, its input and its number of blocks."""
     torch.manual_seed(0)
+    if kind == 'dit':
+        m = DiTLLaMA(dict(embed_dims=64, num_layers=3, num_heads=2), patch_size=2,
+                     input_size=8, num_classes=10)
+        with torch.no_grad():  # adaLN-Zero starts every block at the identity: perturb
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        x = (torch.randn(2, 4, 8, 8), torch.tensor([3., 700.]), torch.tensor([1, 10]))
+        return m.train(), x, 3
     if kind == 'plain':
         m = VisionLLaMA(TINY_PLAIN, img_size=64, drop_path_rate=0.2)
         x = torch.randn(2, 3, 64, 64)
@@ -163,18 +172,37 @@ def test_with_cp_gives_the_same_outputs_and_gradients(kind):
         m = VisionLLaMA(TINY_PLAIN, img_size=64, with_cls_token=False, out_type='featmap',
                         window_size=3, global_attn_indexes=(1, ), drop_path_rate=0.2)
         x = torch.randn(2, 3, 64, 80)
+    elif kind == 'mae':
+        m = VisionLLaMAMAE(TINY_PLAIN, img_size=64, mask_ratio=0.5, drop_path_rate=0.2)
+        x = torch.randn(2, 3, 64, 64)
     else:
         m = PyramidVisionLLaMA(TINY_PYRAMID, img_size=64, drop_path_rate=0.2)
         x = torch.randn(2, 3, 64, 80)
     m.init_weights()
-    m.train()
+    return m.train(), (x, ), 8 if kind == 'pyramid' else 3
+
+
+def _outputs_and_grads(model, inputs):
+    torch.manual_seed(123)  # same drop-path draws, MAE masks and label drops
+    outs = model(*inputs)
+    outs = [o for o in (outs if isinstance(outs, (tuple, list)) else [outs])
+            if o.requires_grad]
+    sum(o.pow(2).mean() for o in outs).backward()
+    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.grad is not None}
+
+
+@pytest.mark.parametrize('mode', [True, 'selective'])
+@pytest.mark.parametrize('kind', CP_KINDS)
+def test_with_cp_gives_the_same_outputs_and_gradients(kind, mode):
+    m, x, num_blocks = _cp_model(kind)
     cp = copy.deepcopy(m)
-    cp.with_cp = True
-    checkpoints = []
+    cp.with_cp = mode
+    contexts = []
     original = torch.utils.checkpoint.checkpoint
 
     def spy(*args, **kwargs):
-        checkpoints.append(1)
+        contexts.append(kwargs.get('context_fn'))
         return original(*args, **kwargs)
     out_ref, grad_ref = _outputs_and_grads(m, x)
     torch.utils.checkpoint.checkpoint = spy
@@ -182,13 +210,69 @@ def test_with_cp_gives_the_same_outputs_and_gradients(kind):
         out_cp, grad_cp = _outputs_and_grads(cp, x)
     finally:
         torch.utils.checkpoint.checkpoint = original
-    assert len(checkpoints) == (3 if kind != 'pyramid' else 8)  # every block checkpointed
+    assert len(contexts) == num_blocks  # every block checkpointed
+    assert all((c is None) == (mode is True) for c in contexts)  # selective: a policy
     for a, b in zip(out_ref, out_cp):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    assert grad_ref.keys() == grad_cp.keys()
+    assert grad_ref.keys() == grad_cp.keys() and len(grad_ref) > 10
     for name in grad_ref:
         torch.testing.assert_close(grad_ref[name], grad_cp[name], rtol=1e-5, atol=1e-6,
                                    msg=name)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts matmul-like and element-wise (LayerNorm, SiLU) aten calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {'matmul': 0, 'norm': 0, 'silu': 0}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ('mm', 'addmm', 'bmm'):
+            self.counts['matmul'] += 1
+        elif name == 'native_layer_norm':
+            self.counts['norm'] += 1
+        elif name == 'silu':
+            self.counts['silu'] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('kind', ['plain', 'dit'])
+def test_selective_cp_recomputes_elementwise_work_only(kind):
+    """What each mode re-runs in the backward pass (ops counted at the aten level):
+    full recomputes every block's matmuls, selective none of them but the norms and
+    SiLU; and what each keeps: peak tensor bytes full < selective < none."""
+    bench = _load_tool('tools/benchmark.py')
+    m, x, _ = _cp_model(kind)
+    m.eval()  # no dropout/drop path: the same ops every call
+    for p in m.parameters():
+        p.requires_grad_(False)
+    inputs = (x[0].requires_grad_(), ) + x[1:]  # a gradient through every block
+    counts, peaks = {}, {}
+    for mode in ('none', 'full', 'selective'):
+        m.with_cp = mode
+
+        def step():
+            out = m(*inputs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            out.pow(2).mean().backward()
+        with _CountOps() as ops:
+            step()
+        counts[mode] = ops.counts
+        peaks[mode] = bench.PeakMemory(torch.device('cpu')).measure(step)
+    none, full, sel = counts['none'], counts['full'], counts['selective']
+    assert sel['matmul'] == none['matmul'] < full['matmul']  # no matmul re-run
+    assert sel['norm'] == full['norm'] > none['norm']  # norms re-run
+    assert sel['silu'] == full['silu'] > none['silu']  # SiLU re-run
+    assert peaks['full'] < peaks['selective'] < peaks['none'], peaks
+
+
+def test_with_cp_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="with_cp must be True, False or one of"):
+        VisionLLaMA(TINY_PLAIN, img_size=64, with_cp='partial')
+    with pytest.raises(ValueError, match='with_cp must be'):
+        DiTLLaMA(dict(embed_dims=64, num_layers=1, num_heads=2), input_size=8, with_cp=1)
 
 
 # ----------------------------------------------------------------------------- compile
@@ -233,6 +317,45 @@ def test_compiled_training_step_matches_eager():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         for (n, p), q in zip(model.named_parameters(), compiled_model.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name + n)
+
+
+#: three input sizes per kind: the windowed ones padded and unpadded (3x3 windows on
+#: 4x5, 6x4 and 6x6 token grids), square after non-square (duck sizing would otherwise
+#: specialise the first graph on H == W)
+DYNAMIC_SIZES = {'plain': [(64, 80), (96, 64), (64, 64)],
+                 'vitdet': [(64, 80), (96, 64), (96, 96)],
+                 'pyramid': [(64, 96), (96, 64), (64, 64)],
+                 'dit': [(8, 12), (12, 8), (8, 8)]}
+
+
+@pytest.mark.parametrize('kind', list(DYNAMIC_SIZES))
+def test_compiled_dynamic_shapes_do_not_recompile(kind):
+    """torch.compile(dynamic=True) (in a config: ``compile=dict(dynamic=True)``): one
+    graph, no recompilation over three input sizes, training steps included (the RoPE
+    tables and the window padding are traced into the graph, not looked up by size)."""
+    from torch._dynamo.utils import counters
+    if kind == 'dit':
+        m = DiTLLaMA(dict(embed_dims=32, num_layers=1, num_heads=2), patch_size=2,
+                     input_size=8, num_classes=10)
+    elif kind == 'pyramid':
+        m = PyramidVisionLLaMA(dict(embed_dims=[32, 64, 96, 128], depths=[1, 1, 1, 1]),
+                               img_size=64)
+    else:
+        m = _tiny_models()[['plain', 'vitdet'].index(kind)][1]
+    m.train()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(m, dynamic=True, backend='eager')
+    for h, w in DYNAMIC_SIZES[kind]:
+        if kind == 'dit':
+            out = compiled(torch.randn(2, 4, h, w), torch.tensor([1., 9.]), torch.tensor([0, 3]))
+            assert out.shape == (2, 8, h, w)
+        else:
+            out = compiled(torch.randn(2, 3, h, w))[-1]
+        out.float().pow(2).mean().backward()
+    assert counters['stats']['unique_graphs'] == 1, dict(counters['stats'])
+    assert not counters['graph_break'], dict(counters['graph_break'])
+    assert counters['stats']['calls_captured'] > 0  # it did trace the model
 
 
 # ----------------------------------------------------------------------------- tools
@@ -366,3 +489,35 @@ def test_benchmark_ref_models_come_from_the_revision():
     net = models.VisionLLaMA(arch=dict(embed_dims=32, num_layers=1, num_heads=2),
                              img_size=32, patch_size=8)
     assert net(torch.randn(1, 3, 32, 32))[0].shape[0] == 1
+
+
+def test_gpu_benchmark_command_runs_in_tiny_mode(tmp_path):
+    """tools/benchmark_gpu.sh --tiny (CPU, tiny archs, compile through the eager backend)
+    measures every model in both modes and writes its table, keeping the doc's text."""
+    import re
+    import subprocess
+    import sys
+    doc = tmp_path / 'benchmark.md'
+    doc.write_text('# Benchmark\n\nkept text\n')
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run([osp.join(ROOT, 'tools', 'benchmark_gpu.sh'), '--tiny',
+                           '--peak-tflops', '0.5', '--out-dir', str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    assert text.startswith('# Benchmark\n\nkept text\n') and 'gpu-benchmark:begin' in text
+    rows = [line for line in text.splitlines() if re.match(r'\| [A-Z].*, (eager|compiled) \|', line)]
+    names = {r.split(' | ')[0][2:] for r in rows}
+    expected = {'DiT-LLaMA-XL/2', 'DiT-XL/2', 'VisionLLaMA-B', 'Pyramid-VisionLLaMA-B'}
+    try:
+        import mmpretrain  # noqa: F401
+        expected |= {'ViT-B/16', 'Twins SVT-B'}
+    except ImportError:
+        pass
+    assert names == {f'{n}, {m}' for n in expected for m in ('eager', 'compiled')}
+    for r in rows:
+        cells = [c.strip() for c in r.strip('|').split('|')]
+        img_s, mfu = float(cells[2]), float(cells[5].rstrip('%'))
+        assert img_s > 0 and math.isfinite(img_s) and mfu > 0  # MFU from --peak-tflops
+        if cells[0].startswith('DiT-LLaMA'):
+            assert float(cells[3]) > 0  # ratio to the DiT-XL/2 peer, same mode

@@ -34,8 +34,8 @@ model, Twins ``SVT`` for the pyramid), both at our config's input size; the back
 ``cfg.model.backbone`` (``tools/analysis/get_flops.py`` builds it). ``--models NAME``
 picks default rows by config name, positional CONFIGs time any config (``--baseline``
 for a peer). ``--ref REV`` adds our models built from the ``vllama_mm/models`` of git
-revision REV (before/after a change); ``--with-cp`` adds, for memory only, each of our
-models with activation checkpointing.
+revision REV (before/after a change); ``--with-cp [full|selective]`` adds each of our
+models with activation checkpointing (timed, with its peak memory).
 
 Devices: CPU by default (fp32; ``--amp`` for bf16 autocast); CUDA when available (bf16
 autocast) or ``--device``.
@@ -199,7 +199,7 @@ class PeakMemory:
 @dataclass
 class Entry:
     """One model of the run and its measurements."""
-    key: str  # unique label: the config name, '... (ref 5bb002e)', '... (with_cp)'
+    key: str  # unique label: the config name, '... (ref 5bb002e)', '... (with_cp=full)'
     config: str
     size: Tuple[int, int]
     model: nn.Module
@@ -254,7 +254,9 @@ def _sync(device: torch.device) -> None:
 def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
                ) -> Tuple[Callable[[], None], Callable[[], None]]:
     model = entry.model
-    runner = torch.compile(model) if args.compile else model
+    # dynamic shapes: one graph for every input size (the setting the configs use,
+    # compile=dict(dynamic=True)); tests/test_speed_features.py counts the recompiles
+    runner = torch.compile(model, dynamic=True) if args.compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == 'sgd':
         opt = torch.optim.SGD(params, lr=1e-6)
@@ -552,12 +554,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-train', action='store_true', help='forward only')
     p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
     p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
-    p.add_argument('--compile', action='store_true', help='torch.compile every model')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile(dynamic=True) every model')
     p.add_argument('--amp', action='store_true',
                    help='bf16 autocast on CPU too (the AMP path of the configs; CUDA always)')
-    p.add_argument('--with-cp', action='store_true',
-                   help='also measure the peak memory of our backbones with activation '
-                        'checkpointing (extra "(with_cp)" rows, not timed)')
+    p.add_argument('--with-cp', nargs='*', default=None, choices=['full', 'selective'],
+                   help='also time and measure our backbones with activation checkpointing '
+                        '(extra "(with_cp=MODE)" rows; no MODE: full)')
     p.add_argument('--ref', default=None, metavar='REV',
                    help='also time our models built from the vllama_mm/models of git '
                         'revision REV (before/after), each against the current code')
@@ -611,8 +614,8 @@ def build_entries(args, device: torch.device) -> Dict[str, Entry]:
                                        or any(m in name for m in args.ref_models)):
             # the twin has no baseline: it is compared with the current code
             e.ref_key = add(config, size, f'{name} (ref {ref_short})', True, ref_module).key
-        if args.with_cp:
-            add(config, size, f'{name} (with_cp)', True, with_cp=True).memory_only = True
+        for mode in (args.with_cp or ['full']) if args.with_cp is not None else []:
+            add(config, size, f'{name} (with_cp={mode})', True, with_cp=mode)
     return entries
 
 
@@ -675,8 +678,7 @@ def main(argv=None) -> List[Dict]:
         calls[e.key] = make_calls(e, inputs[shape], args, device)
 
     if args.compile:
-        # first eval call compiles (and fills the RoPE caches), the second recompiles
-        # once for the now-filled cache, the first training call compiles for grad mode
+        # the first eval call compiles, the first training call compiles for grad mode
         args.warmup = max(args.warmup, 2)
     total = len(entries) * (args.warmup + (0 if args.no_memory else 1) + args.repeats)
     bar = tqdm(total=total, desc='benchmark')
@@ -728,9 +730,9 @@ def main(argv=None) -> List[Dict]:
                                    if e.train_s else float('nan'))
     extras = ''
     if args.compile:
-        extras += ', torch.compile'
-    if args.with_cp:
-        extras += '; "(with_cp)" rows: activation checkpointing, memory only'
+        extras += ', torch.compile(dynamic=True)'
+    if args.with_cp is not None:
+        extras += '; "(with_cp=...)" rows: activation checkpointing'
     skipped = [e.key for e in entries.values() if not e.train and not args.no_train]
     if skipped:
         extras += f' (training step not timed for {", ".join(skipped)}: over ' \

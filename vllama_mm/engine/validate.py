@@ -292,7 +292,7 @@ BACKBONE_ARG_KINDS = {
     'img_size': 'size', 'patch_size': 'pos_int', 'in_channels': 'pos_int',
     'window_size': 'nonneg_int', 'frozen_stages': 'int', 'rope_theta': 'pos_real',
     'norm_eps': 'pos_real', 'qkv_bias': 'bool', 'with_cls_token': 'bool',
-    'final_norm': 'bool', 'window_pad_mask': 'bool', 'with_cp': 'bool',
+    'final_norm': 'bool', 'window_pad_mask': 'bool',
     'double_final_norm': 'bool', 'drop_rate': 'nonneg_real', 'attn_drop_rate': 'nonneg_real',
     'drop_path_rate': 'nonneg_real', 'arch.layer_scale_init': 'nonneg_real',
     'arch.ffn_bias': 'bool',

@@ -157,7 +157,8 @@ def window_partition(x: Tensor, hw: Tuple[int, int], window_size: int
     ws = window_size
     x = x.view(B, H, W, C)
     pad_h, pad_w = (-H) % ws, (-W) % ws
-    if pad_h or pad_w:
+    # compiled: always pad (a no-op pad when it fits), so one graph serves every size
+    if torch.compiler.is_compiling() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     Hp, Wp = H + pad_h, W + pad_w
     x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).transpose(2, 3)
@@ -173,18 +174,22 @@ def window_unpartition(windows: Tensor, hw: Tuple[int, int], padded_hw: Tuple[in
     C = windows.shape[-1]
     x = windows.view(-1, Hp // ws, Wp // ws, ws, ws, C).transpose(2, 3)
     x = x.reshape(-1, Hp, Wp, C)
-    if Hp != H or Wp != W:
-        x = x[:, :H, :W]
+    if torch.compiler.is_compiling() or Hp != H or Wp != W:
+        # copy out the real tokens; compiled: always (an explicit copy), so that the graph
+        # has no size-dependent "is the slice contiguous" branch
+        x = x[:, :H, :W].clone(memory_format=torch.contiguous_format)
     return x.reshape(-1, H * W, C)
 
 
 def window_key_mask(hw: Tuple[int, int], window_size: int, batch: int,
                     device: torch.device) -> Optional[Tensor]:
     """Bool mask [B*nW, 1, 1, ws*ws] hiding zero-padded keys (True: a real token), or
-    None when the grid is a multiple of the window."""
+    None when the grid is a multiple of the window (eager only: compiled, the mask is
+    always built, all True when nothing is padded, so that the graph does not depend on
+    whether the size is a multiple of the window)."""
     H, W = hw
     ws = window_size
-    if H % ws == 0 and W % ws == 0:
+    if not torch.compiler.is_compiling() and H % ws == 0 and W % ws == 0:
         return None
     Hp, Wp = H + (-H) % ws, W + (-W) % ws
     valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)

@@ -2,10 +2,16 @@
 argument checks, the default init, the "is it pretrained" test, the checkpointed block
 call and the shape check of loaded checkpoints."""
 import copy
+import functools
 from typing import Dict, List, Sequence, Union
 
+import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+#: ``with_cp`` values: no checkpointing, whole blocks recomputed, or selective
+CP_MODES = ('none', 'full', 'selective')
 
 
 def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequence[str],
@@ -80,12 +86,54 @@ def init_module(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def run_block(block: nn.Module, x: Tensor, *args, with_cp: bool = False) -> Tensor:
+def cp_mode(with_cp: Union[bool, str]) -> str:
+    """``with_cp`` -> one of :data:`CP_MODES` (``False`` is ``'none'``, ``True`` ``'full'``)."""
+    if isinstance(with_cp, bool):
+        return 'full' if with_cp else 'none'
+    if isinstance(with_cp, str) and with_cp in CP_MODES:
+        return with_cp
+    raise ValueError(f'with_cp must be True, False or one of {CP_MODES}, got {with_cp!r}')
+
+
+def _aten_ops(*names: str) -> frozenset:
+    """The aten overload packets of ``names`` that this torch build has."""
+    return frozenset(getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n))
+
+
+#: ops whose outputs selective checkpointing keeps: the matmuls (linear layers, the
+#: pooled-key / patch convolutions) and attention; everything else in a block (norms,
+#: RoPE, SiLU and the gate, residual adds, layer scale) is element-wise and recomputed
+SAVED_OPS = _aten_ops(
+    'mm', 'addmm', 'bmm', 'baddbmm', 'convolution',
+    '_scaled_dot_product_flash_attention', '_scaled_dot_product_flash_attention_for_cpu',
+    '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention')
+
+
+def _save_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective-checkpointing policy: keep :data:`SAVED_OPS` outputs, recompute the rest."""
+    packet = getattr(op, 'overloadpacket', op)
+    return CheckpointPolicy.MUST_SAVE if packet in SAVED_OPS else \
+        CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def run_block(block: nn.Module, x: Tensor, *args, with_cp: Union[bool, str] = False) -> Tensor:
     """``block(x, *args)``, under activation checkpointing when ``with_cp`` and a
-    gradient is needed (recomputed in the backward pass instead of stored)."""
-    if with_cp and x.requires_grad:
+    gradient is needed.
+
+    ``'full'`` / ``True``: only the block input is kept, the whole block is recomputed in
+    the backward pass. ``'selective'``: matmul, convolution and attention outputs are kept
+    (:data:`SAVED_OPS`), the element-wise work between them is recomputed (torch's
+    selective activation checkpointing): most of the memory of the element-wise
+    intermediates goes, at the cost of re-running only cheap ops.
+    """
+    mode = cp_mode(with_cp)
+    if mode == 'none' or not x.requires_grad:
+        return block(x, *args)
+    if mode == 'full':
         return torch.utils.checkpoint.checkpoint(block, x, *args, use_reentrant=False)
-    return block(x, *args)
+    return torch.utils.checkpoint.checkpoint(
+        block, x, *args, use_reentrant=False,
+        context_fn=functools.partial(create_selective_checkpoint_contexts, _save_matmuls))
 
 
 def check_checkpoint_shapes(module: nn.Module, state_dict: Dict[str, Tensor],

@@ -25,6 +25,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .attention import RoPEAttention
+from .backbone_utils import cp_mode, run_block
 from .blocks import SwiGLU, swiglu_hidden
 from .rope import RoPE2D
 
@@ -158,6 +159,10 @@ class DiTLLaMA(BaseModule):
         theta: RoPE base.
         cfg_channels: channels guided by :meth:`forward_with_cfg`: ``'first3'`` (the
             authors': only the first 3 channels) or ``'all'`` (all ``in_channels``).
+        with_cp: activation checkpointing per block when training: ``False`` /
+            ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
+            (matmul and attention outputs kept, element-wise work recomputed); the
+            XL/2 rows are where activations fill the memory.
     """
 
     def __init__(self, arch: Union[str, Dict] = 'XL', patch_size: int = 2,
@@ -165,7 +170,8 @@ class DiTLLaMA(BaseModule):
                  num_classes: int = 1000, class_dropout_prob: float = 0.1,
                  learn_sigma: bool = True, return_sigma: bool = True,
                  rope_type: str = '2d', theta: float = 10000.0,
-                 cfg_channels: str = 'first3', init_cfg: Optional[Dict] = None):
+                 cfg_channels: str = 'first3', with_cp: Union[bool, str] = False,
+                 init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch.lower() not in DIT_ARCHS:
@@ -204,6 +210,7 @@ class DiTLLaMA(BaseModule):
         self.input_size = size
         self.num_classes = num_classes
         self.cfg_channels = cfg_channels
+        self.with_cp = cp_mode(with_cp)
         grid = (size[0] // patch_size, size[1] // patch_size)
         self.rope = RoPE2D(head_dim, anchor_hw=grid, rope_type=rope_type, theta=theta)
 
@@ -268,7 +275,7 @@ class DiTLLaMA(BaseModule):
         c = self.t_embedder(t) + self.y_embedder(y, force_drop)  # [B, D]
         rope = self.rope.grid(h, w, device=x.device)
         for block in self.blocks:
-            tokens = block(tokens, c, rope)
+            tokens = run_block(block, tokens, c, rope, with_cp=self.with_cp)
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # [B, C_out, H, W]
         if self.learn_sigma and not self.return_sigma:
             out = out[:, :self.in_channels]

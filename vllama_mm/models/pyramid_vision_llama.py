@@ -19,7 +19,7 @@ from .attention import check_heads
 from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, rope_rotary_dim
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
-                             resolve_arch, resolve_out_indices, run_block)
+                             resolve_arch, resolve_out_indices, run_block, cp_mode)
 from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
@@ -79,7 +79,9 @@ class PyramidVisionLLaMA(BaseModule):
         frozen_stages: freeze the patch embedding, blocks and output norm of stages
             ``0..frozen_stages-1`` (and ``norm`` when all 4 are frozen); kept after
             ``train()``. -1 or 0 freezes nothing.
-        with_cp: activation checkpointing per block.
+        with_cp: activation checkpointing per block when training: ``False`` /
+            ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
+            (matmul and attention outputs kept, element-wise work recomputed).
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
         mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
             ablations (11a, 11g, 11b, 11d; ``'ntk_fixed'``), as in :class:`VisionLLaMA`;
@@ -142,7 +144,7 @@ class PyramidVisionLLaMA(BaseModule):
                  drop_path_rate: float = 0.0,
                  norm_eps: float = 1e-5,
                  frozen_stages: int = -1,
-                 with_cp: bool = False,
+                 with_cp: Union[bool, str] = False,
                  mlp_type: str = 'swiglu',
                  norm_type: str = 'ln',
                  rope_ratio: float = 1.0,
@@ -234,7 +236,7 @@ class PyramidVisionLLaMA(BaseModule):
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]
-        self.with_cp = with_cp
+        self.with_cp = cp_mode(with_cp)
         if abs_pos_embed is not None:  # [1, H_s*W_s, C_s] at the stage's pre-training grid
             self.pos_embeds = nn.ModuleList(
                 AbsPosEmbed(abs_pos_embed, d, g) for d, g in zip(self.embed_dims, stage_grids))

@@ -9,7 +9,7 @@ Layout (the released VisionLLaMA weights depend on it, see docs/design.md):
 
 A *table* is the plain tuple ``(cos, sin)``, each ``[N, Hc]`` (or per sample
 ``[B, N, Hc]``) float32 with the angle of pair ``j`` on dims ``2j`` and ``2j+1``; the
-rotation is ``x * cos + rot(x) * sin`` (:func:`apply_rope`). Tables are derived data:
+rotation is ``(a cos - b sin, a sin + b cos)`` per pair (:func:`apply_rope`). Tables are derived data:
 :class:`RoPE2D` keeps them per (grid, scale, device), never in the state dict.
 
 AS2DRoPE multiplies positions by ``anchor / grid`` per axis, so any grid is mapped
@@ -80,19 +80,32 @@ def rope_table(pos: Tensor, freqs: Tensor, rope_type: str = '2d') -> Table:
     return angles.cos().float(), angles.sin().float()
 
 
-def rot(x: Tensor) -> Tensor:
-    """Rotate every interleaved pair by 90 degrees: ``(a, b) -> (-b, a)`` on [..., Hc]."""
-    a, b = x.unflatten(-1, (-1, 2)).unbind(-1)  # each [..., Hc/2]
-    return torch.stack((-b, a), dim=-1).flatten(-2)
+def swap_pairs(x: Tensor) -> Tensor:
+    """Swap the two members of every interleaved pair: ``(a, b) -> (b, a)`` on [..., Hc]
+    (one copy; with :func:`pair_signs` it gives the 90 degree turn ``(-b, a)``)."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def pair_signs(sin: Tensor) -> Tensor:
+    """``sin`` with the first member of every pair negated: ``(s, s) -> (-s, s)``.
+    Applied to the table (``[N, R]``, small), not to the activations."""
+    sign = torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device)
+    return (sin.unflatten(-1, (-1, 2)) * sign).flatten(-2)
 
 
 def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
     """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table``.
 
-    ``x * cos + rot(x) * sin`` in float32, cast back to ``x.dtype``: for the pair
-    ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``. Table layouts: ``[N, R]``
-    (all heads), ``[B, N, R]`` (per sample), ``[1|B, heads, N, R]`` (per head). With
+    For the pair ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``, computed as
+    ``x * cos + swap_pairs(x) * pair_signs(sin)`` in float32 (the tables' dtype
+    promotes the products) and cast back to ``x.dtype``. Table layouts: ``[N, R]`` (all
+    heads), ``[B, N, R]`` (per sample), ``[1|B, heads, N, R]`` (per head). With
     ``R < Hc`` (partial RoPE) only the first ``R`` channels rotate, the rest pass through.
+
+    Why this form: the sign goes on the small table, so the activations see one pair
+    swap (a single copy) instead of ``unbind`` + negation + ``stack`` (three passes);
+    same values bit for bit. Tables stay float32: in bf16 tables the rotated q/k would
+    carry 1.4x the rounding error of the float32 form (see docs/benchmark.md).
     """
     if table is None:
         return x
@@ -102,9 +115,7 @@ def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
     r = cos.shape[-1]
     if r < x.shape[-1]:  # partial RoPE: rotate x[..., :R], keep the rest
         return torch.cat([apply_rope(x[..., :r], (cos, sin)), x[..., r:]], dim=-1)
-    # float32 tables promote the products (rot is exact in any dtype): a float32
-    # rotation without a float32 copy of x
-    return torch.addcmul(x * cos, rot(x), sin).to(x.dtype)
+    return torch.addcmul(x * cos, swap_pairs(x), pair_signs(sin)).to(x.dtype)
 
 
 def gather_tokens(table: Optional[Table], ids: Tensor) -> Optional[Table]:
@@ -209,6 +220,11 @@ class RoPE2D(nn.Module):
         1, 224², one CPU thread)."""
         if self.rope_type == 'none':
             return None
+        if torch.compiler.is_compiling():
+            # traced into the graph, not cached: a lookup keyed by the grid size would
+            # make torch.compile guard on the cache's contents and recompile for every
+            # new input size; in the graph the table follows the (dynamic) size
+            return build()
         table = self._cache.get(key)
         if table is None:
             if len(self._cache) >= self.max_cached:

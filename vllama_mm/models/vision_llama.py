@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
-                             resolve_arch, resolve_out_indices, run_block)
+                             resolve_arch, resolve_out_indices, run_block, cp_mode)
 from .ablations import (ABS_POS_TYPES, AbsPosEmbed, build_norm, check_choice, mlp_hidden,
                         rope_rotary_dim)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
@@ -69,7 +69,9 @@ class VisionLLaMA(BaseModule):
             auto-scaled grid). Needs ``with_cls_token=False``.
         global_attn_indexes: blocks with global attention when ``window_size > 0``.
         window_pad_mask: mask zero-padded window tokens (default) or not (ViTDet).
-        with_cp: activation checkpointing per block (saves memory when training).
+        with_cp: activation checkpointing per block when training: ``False`` /
+            ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
+            (matmul and attention outputs kept, element-wise work recomputed).
         mlp_type: ``'swiglu'`` (default) or ``'gelu'`` (ViT MLP, hidden 4d, biased;
             ablation 11a; ``feedforward_channels`` then does not apply).
         norm_type: ``'ln'`` (default) or ``'rmsnorm'`` (the authors' RMSNorm, eps
@@ -121,7 +123,7 @@ class VisionLLaMA(BaseModule):
                  window_size: int = 0,
                  global_attn_indexes: Sequence[int] = (),
                  window_pad_mask: bool = True,
-                 with_cp: bool = False,
+                 with_cp: Union[bool, str] = False,
                  mlp_type: str = 'swiglu',
                  norm_type: str = 'ln',
                  rope_ratio: float = 1.0,
@@ -229,7 +231,7 @@ class VisionLLaMA(BaseModule):
                     window_pad_mask=window_pad_mask, mlp_type=mlp_type,
                     norm_type=norm_type, drop_path_branches=drop_path_branches,
                     drop_path_per_window=drop_path_per_window))
-        self.with_cp = with_cp
+        self.with_cp = cp_mode(with_cp)
         self.drop_after_pos = nn.Dropout(drop_rate)
 
         self.final_norm = final_norm

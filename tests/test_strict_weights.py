@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-import vllama_mm.engine  # noqa: F401  (registers StrictPretrainedInit as 'Pretrained')
+import vllama_mm.engine  # noqa: F401  (the plugin imported: stock modules must still load leniently)
 from vllama_mm.engine.weights import WeightsError, check_checkpoint_fits, describe
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA
 

@@ -27,16 +27,15 @@ from torch import Tensor
 
 from .check import build_backbone, check_against_model
 from .common import ConversionError, Converted, StateDict
-from .detect import (LAYOUTS, RECOGNISERS, detect_format, layout, recognise,
-                     register_layout, register_recogniser)
+from .detect import LAYOUTS, detect_format, layout, recognise, register_layout
 from .files import format_backbone_cfg, load_official, save_converted
 from .plain import ROPE_CHOICES
 
 __all__ = [
-    'ConversionError', 'Converted', 'LAYOUTS', 'RECOGNISERS', 'ROPE_CHOICES',
+    'ConversionError', 'Converted', 'LAYOUTS', 'ROPE_CHOICES',
     'build_backbone', 'check_against_model', 'convert_checkpoint', 'detect_format',
     'format_backbone_cfg', 'layout', 'load_official', 'recognise', 'register_layout',
-    'register_recogniser', 'save_converted', 'to_official'
+    'save_converted', 'to_official'
 ]
 
 

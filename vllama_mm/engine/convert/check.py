@@ -3,6 +3,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ...models.weights import compare
 from .common import ConversionError, Converted, listing
 
 
@@ -28,15 +29,11 @@ def check_against_model(conv: Converted) -> None:
     except (ValueError, TypeError) as e:
         raise ConversionError(f'the {conv.fmt} weights imply a backbone that cannot be '
                               f'built ({conv.backbone}): {e}') from e
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k[len('backbone.'):]: tuple(v.shape) for k, v in conv.state_dict.items()
+    have = {k[len('backbone.'):]: v for k, v in conv.state_dict.items()
             if k.startswith('backbone.')}
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    bad = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    missing, bad, extra = compare(model.state_dict(), have)
     if missing or extra or bad:
         raise ConversionError(
             f'converted {conv.fmt} weights do not fit {conv.backbone["type"]}'
-            f'(arch={conv.backbone.get("arch")!r}): missing {listing(missing)}; '
-            f'unexpected {listing(extra)}; shape mismatch '
-            f'{listing(f"{k} {have[k]} vs {want[k]}" for k in bad)}')
+            f'(arch={conv.backbone.get("arch")!r}): missing {listing(sorted(missing))}; '
+            f'unexpected {listing(sorted(extra))}; shape mismatch {listing(sorted(bad))}')

@@ -53,8 +53,8 @@ class RoPEAttention(nn.Module):
             pad the map bottom/right to a multiple before the conv, giving a
             ``ceil(H/sr) x ceil(W/sr)`` key grid (default; also works when H or W < sr).
             ``False`` lets the conv floor (``floor(H/sr) x floor(W/sr)``, trailing rows and
-            columns unseen by keys), as the official pyramid code does. Settable after
-            construction (``attn.sr_pad``); not a parameter.
+            columns unseen by keys), as the official pyramid code does (the pyramid's
+            ``gsa_pool='floor'``); not a parameter.
 
     Parameters: ``qkv`` [3C, C] (rows q|k|v, head-major) when ``sr_ratio == 1``;
     otherwise ``q`` [C, C], ``kv`` [2C, C] (rows k|v), ``sr`` and ``norm``.

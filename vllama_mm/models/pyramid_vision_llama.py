@@ -63,6 +63,15 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             classifier feature ``norm(mean(norm(x)))``; ``featmap`` GSA positions
             (queries and keys) scaled by ``14 / H_stage`` on both axes (the authors'
             seg/det ``auto_scale``). LSA positions are window-local 0..6 in both.
+            ``compat`` only sets the defaults of the five switches below; each one given
+            explicitly overrides its preset value (an ablation of one detail).
+        rope_compat: GSA key positions, ``'correct'`` (cell centres) or ``'official'``.
+        rope_scale: GSA position scale: None (from ``rope_type``), ``'official'``
+            (``14 / H_stage``) or a number; ``'preset'`` (default) takes ``compat``'s.
+        window_pad_mask: mask the zero-padded keys of LSA windows (True) or not.
+        gsa_pool: ``'pad'`` (zero pad to a multiple of sr, ceil key grid) or ``'floor'``.
+        double_final_norm: ``avg_featmap`` feature ``norm(mean(norm(x)))`` (True) or
+            ``norm(mean(x))``.
         rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'`` or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
@@ -115,15 +124,16 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
     NEW_TASK_TENSORS = ('norms.', )  # per-stage output norms: none in classification weights
     ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'none')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
-    # compat preset -> out_type -> switches. gsa_scale None: from rope_type (AS2DRoPE);
+    # compat preset -> out_type -> defaults of the geometry switches (constructor
+    # arguments of the same names). rope_scale None: from rope_type (AS2DRoPE);
     # 'official': 14 / H_stage on both axes; a number: that scale on both axes.
-    _CORRECT = dict(gsa_keys='correct', window_pad_mask=True, gsa_pool='pad',
-                    double_final_norm=False, gsa_scale=None)
-    _OFFICIAL = dict(gsa_keys='official', window_pad_mask=False, gsa_pool='floor')
+    _CORRECT = dict(rope_compat='correct', window_pad_mask=True, gsa_pool='pad',
+                    double_final_norm=False, rope_scale=None)
+    _OFFICIAL = dict(rope_compat='official', window_pad_mask=False, gsa_pool='floor')
     COMPAT = {
         'correct': dict(featmap=_CORRECT, avg_featmap=_CORRECT),
-        'official': dict(featmap=dict(_OFFICIAL, double_final_norm=False, gsa_scale='official'),
-                         avg_featmap=dict(_OFFICIAL, double_final_norm=True, gsa_scale=1.0)),
+        'official': dict(featmap=dict(_OFFICIAL, double_final_norm=False, rope_scale='official'),
+                         avg_featmap=dict(_OFFICIAL, double_final_norm=True, rope_scale=1.0)),
     }
 
     def __init__(self,
@@ -134,6 +144,11 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                  out_indices: Optional[Union[int, Sequence[int]]] = None,
                  window_size: int = 7,
                  compat: str = 'correct',
+                 rope_compat: Optional[str] = None,
+                 rope_scale: Union[None, str, float] = 'preset',
+                 window_pad_mask: Optional[bool] = None,
+                 gsa_pool: Optional[str] = None,
+                 double_final_norm: Optional[bool] = None,
                  rope_type: str = 'as2d',
                  rope_theta: float = 10000.0,
                  rope_anchor: Optional[Tuple[int, int]] = None,
@@ -176,13 +191,20 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                 raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
         self.window_size = need_int(owner, 'window_size', window_size, 1)
         self.compat = compat
-        # the preset's switches, fixed for the model's life (read by blocks and geometry)
+        # the geometry switches: given, else the preset's (fixed for the model's life)
         preset = self.COMPAT[compat][out_type]
-        self.rope_compat: str = preset['gsa_keys']  # 'correct' | 'official'
-        self.window_pad_mask: bool = preset['window_pad_mask']
-        self.gsa_pool: str = preset['gsa_pool']  # 'pad' | 'floor'
-        self.double_final_norm: bool = preset['double_final_norm']
-        self.rope_scale: Optional[Union[str, float]] = preset['gsa_scale']
+        self.rope_compat: str = preset['rope_compat'] if rope_compat is None else rope_compat
+        check_choice('rope_compat', self.rope_compat, ('correct', 'official'))
+        self.rope_scale: Union[None, str, float] = \
+            preset['rope_scale'] if rope_scale == 'preset' else rope_scale
+        if self.rope_scale not in (None, 'official'):
+            need_real(owner, 'rope_scale', self.rope_scale, positive=True)
+        self.window_pad_mask: bool = need_bool(owner, 'window_pad_mask', preset[
+            'window_pad_mask'] if window_pad_mask is None else window_pad_mask)
+        self.gsa_pool: str = preset['gsa_pool'] if gsa_pool is None else gsa_pool
+        check_choice('gsa_pool', self.gsa_pool, ('pad', 'floor'))
+        self.double_final_norm: bool = need_bool(owner, 'double_final_norm', preset[
+            'double_final_norm'] if double_final_norm is None else double_final_norm)
         self.out_indices = self._resolve_out_indices(out_indices, out_type)
 
         # -- RoPE, one per stage, anchored at the stage's pre-training grid ----------

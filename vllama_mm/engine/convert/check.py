@@ -23,7 +23,9 @@ def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Mod
 
 
 def check_against_model(conv: Converted) -> None:
-    """The converted backbone keys must equal the target model's, shapes included."""
+    """The converted backbone keys must equal the target model's, shapes included; errors
+    name the official key the tensor came from."""
+    from .detect import layout
     try:
         model = build_backbone(conv.backbone)
     except (ValueError, TypeError) as e:
@@ -31,9 +33,20 @@ def check_against_model(conv: Converted) -> None:
                               f'built ({conv.backbone}): {e}') from e
     have = {k[len('backbone.'):]: v for k, v in conv.state_dict.items()
             if k.startswith('backbone.')}
-    missing, bad, extra = compare(model.state_dict(), have)
-    if missing or extra or bad:
-        raise ConversionError(
-            f'converted {conv.fmt} weights do not fit {conv.backbone["type"]}'
-            f'(arch={conv.backbone.get("arch")!r}): missing {listing(sorted(missing))}; '
-            f'unexpected {listing(sorted(extra))}; shape mismatch {listing(sorted(bad))}')
+    own = model.state_dict()
+    missing, bad, extra = compare(own, have)
+    name = lambda k: repr(layout(conv.fmt).official_name('backbone.' + k))  # noqa: E731
+    if missing:
+        raise ConversionError(f'{conv.fmt} checkpoint: missing expected key '
+                              f'{name(missing[0])}' + (f' (and {len(missing) - 1} more: '
+                                                       f'{listing(missing[1:])})'
+                                                       if len(missing) > 1 else ''))
+    if bad:
+        k = bad[0].split(' ', 1)[0]
+        raise ConversionError(f'{conv.fmt} checkpoint: {name(k)} has shape '
+                              f'{tuple(have[k].shape)}, expected {tuple(own[k].shape)}')
+    if extra:
+        raise ConversionError(f'{conv.fmt} checkpoint: unrecognised keys '
+                              f'{listing([name(k) for k in extra])} for '
+                              f'{conv.backbone["type"]}(arch={conv.backbone.get("arch")!r}) '
+                              '(optional weights must be in every layer or in none)')

@@ -1,7 +1,7 @@
-"""A checkpoint layout as plain key tables (``(regex, replacement)`` rows, one list per
-direction, as timm's ``checkpoint_filter_fn``) and the two steps around them: fusing
-official tensors that are one tensor here (SwiGLU ``c_fc1|c_fc2 -> w12``, a global GSA
-``q|kv -> qkv``) and splitting them back."""
+"""A checkpoint layout as a plain key table (``(official, ours)`` template rows serving
+both directions, as timm's ``checkpoint_filter_fn`` tables) and the two steps around
+it: fusing official tensors that are one tensor here (SwiGLU ``c_fc1|c_fc2 -> w12``, a
+global GSA ``q|kv -> qkv``) and splitting them back."""
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -12,15 +12,27 @@ from torch import Tensor
 
 from .common import ConversionError, Converted, StateDict, listing
 
-Table = Sequence[Tuple[str, str]]  # (full-match regex, replacement template)
+#: ``(official key, our key)`` templates: one row serves both directions. A ``{name}``
+#: field matches :data:`FIELDS` ``[name]`` and is copied to the other side.
+Table = Sequence[Tuple[str, str]]
+FIELDS = dict(i=r'\d+', j=r'\d+', s=r'\d+', n='[12]', w='weight|bias',
+              a='qkv|q|kv|sr|norm|proj', m='ln1|ln2|attn\\.qkv|attn\\.proj|ffn\\.w12|ffn\\.w3')
 
 
-def rename(key: str, table: Table) -> Optional[str]:
-    """``key`` through the first row of ``table`` that matches it whole, or None."""
-    for rx, repl in table:
-        m = re.fullmatch(rx, key)
+def _regex(template: str) -> str:
+    parts = re.split(r'\{(\w+)\}', template)  # literal, field, literal, ...
+    return ''.join(re.escape(p) if k % 2 == 0 else f'(?P<{p}>{FIELDS[p]})'
+                   for k, p in enumerate(parts))
+
+
+def rename(key: str, table: Table, to_official: bool = False) -> Optional[str]:
+    """``key`` through the first row of ``table`` that matches it whole (official ->
+    ours, or ours -> official), or None."""
+    for official, ours in table:
+        src, dst = (ours, official) if to_official else (official, ours)
+        m = re.fullmatch(_regex(src), key)
         if m:
-            return m.expand(repl)
+            return dst.format(**m.groupdict())
     return None
 
 
@@ -127,7 +139,7 @@ def back(sd: Mapping[str, Tensor], table: Table, fmt: str,
     """Our keys -> official keys by ``table`` (``keep``: prefixes passed through)."""
     out = OrderedDict()
     for k, v in sd.items():
-        new = k if keep and k.startswith(tuple(keep)) else rename(k, table)
+        new = k if keep and k.startswith(tuple(keep)) else rename(k, table, True)
         if new is None:
             raise ConversionError(f'no official {fmt} name for {k!r}')
         out[new] = v

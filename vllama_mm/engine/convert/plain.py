@@ -1,7 +1,7 @@
 """Plain VisionLLaMA layouts: the released MAE weights and the DeiT3-style supervised code.
 
 Both map onto :class:`~vllama_mm.models.VisionLLaMA` (``backbone.layers.{i}``). Each is
-a pair of key tables (official -> ours, ours -> official); the SwiGLU gate and up
+one key table of ``(official, ours)`` rows read in both directions; the SwiGLU gate and up
 projections ``c_fc1``/``c_fc2`` of the authors' supervised code are one ``w12`` here.
 """
 from typing import Any, Dict, Mapping, Union
@@ -14,45 +14,32 @@ from .layout import (Layout, apply_table, back, fuse, indices, options_none, ren
 
 ROPE_CHOICES = ('2d', 'as2d')
 
-# --- DeiT3-style supervised code (``model`` dict) -------------------------------------
+# --- DeiT3-style supervised code (``model`` dict): (official, ours) -----------------
 # ``norm`` is our final ``ln1`` for a class-token model (norm(x)[:, 0]) and ``ln2`` for a
-# pooled one (norm(mean(x))): {final} is filled in per file.
-DEIT3_TO_OURS = (
-    (r'patch_embed\.proj\.(weight|bias)', r'backbone.patch_embed.projection.\1'),
-    (r'cls_token', 'backbone.cls_token'),
-    (r'blocks\.(\d+)\.norm([12])\.(weight|bias)', r'backbone.layers.\1.ln\2.\3'),
-    (r'blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)', r'backbone.layers.\1.attn.\2.\3'),
-    (r'blocks\.(\d+)\.mlp\.w12\.(weight|bias)', r'backbone.layers.\1.ffn.w12.\2'),
-    (r'blocks\.(\d+)\.mlp\.c_proj\.(weight|bias)', r'backbone.layers.\1.ffn.w3.\2'),
-    (r'blocks\.(\d+)\.gamma_([12])', r'backbone.layers.\1.ls\2.weight'),
-    (r'norm\.(weight|bias)', r'backbone.{final}.\1'),
-    (r'head\.(weight|bias)', r'head.fc.\1'),
-)
-DEIT3_TO_OFFICIAL = (
-    (r'backbone\.patch_embed\.projection\.(weight|bias)', r'patch_embed.proj.\1'),
-    (r'backbone\.cls_token', 'cls_token'),
-    (r'backbone\.layers\.(\d+)\.ln([12])\.(weight|bias)', r'blocks.\1.norm\2.\3'),
-    (r'backbone\.layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)', r'blocks.\1.attn.\2.\3'),
-    (r'backbone\.layers\.(\d+)\.ffn\.w12\.(weight|bias)', r'blocks.\1.mlp.w12.\2'),
-    (r'backbone\.layers\.(\d+)\.ffn\.w3\.(weight|bias)', r'blocks.\1.mlp.c_proj.\2'),
-    (r'backbone\.layers\.(\d+)\.ls([12])\.weight', r'blocks.\1.gamma_\2'),
-    (r'backbone\.ln[12]\.(weight|bias)', r'norm.\1'),
-    (r'head\.fc\.(weight|bias)', r'head.\1'),
+# pooled one (norm(mean(x))); converting picks the row that fits the file.
+DEIT3_TABLE = (
+    ('patch_embed.proj.{w}', 'backbone.patch_embed.projection.{w}'),
+    ('cls_token', 'backbone.cls_token'),
+    ('blocks.{i}.norm{n}.{w}', 'backbone.layers.{i}.ln{n}.{w}'),
+    ('blocks.{i}.attn.qkv.{w}', 'backbone.layers.{i}.attn.qkv.{w}'),
+    ('blocks.{i}.attn.proj.{w}', 'backbone.layers.{i}.attn.proj.{w}'),
+    ('blocks.{i}.mlp.w12.{w}', 'backbone.layers.{i}.ffn.w12.{w}'),  # fused c_fc1 | c_fc2
+    ('blocks.{i}.mlp.c_proj.{w}', 'backbone.layers.{i}.ffn.w3.{w}'),
+    ('blocks.{i}.gamma_{n}', 'backbone.layers.{i}.ls{n}.weight'),
+    ('norm.{w}', 'backbone.ln1.{w}'),
+    ('norm.{w}', 'backbone.ln2.{w}'),
+    ('head.{w}', 'head.fc.{w}'),
 )
 SWIGLU = ('.mlp.c_fc1.', '.mlp.c_fc2.', '.mlp.w12.')  # rows gate | up
 
 # --- the MAE release (``state_dict``): our names, but for layer scale -----------------
-MAE_TO_OURS = (
-    (r'backbone\.layers\.(\d+)\.attn\.gamma1\.weight', r'backbone.layers.\1.ls1.weight'),
-    (r'backbone\.layers\.(\d+)\.ffn\.gamma2\.weight', r'backbone.layers.\1.ls2.weight'),
-    (r'(backbone\.(?:patch_embed\.projection|ln1)\.(?:weight|bias)|backbone\.cls_token)', r'\1'),
-    (r'(backbone\.layers\.\d+\.(?:ln[12]|attn\.qkv|attn\.proj|ffn\.w12|ffn\.w3)\.'
-     r'(?:weight|bias))', r'\1'),
-)
-MAE_TO_OFFICIAL = (
-    (r'backbone\.layers\.(\d+)\.ls1\.weight', r'backbone.layers.\1.attn.gamma1.weight'),
-    (r'backbone\.layers\.(\d+)\.ls2\.weight', r'backbone.layers.\1.ffn.gamma2.weight'),
-    (r'(backbone\..*)', r'\1'),
+MAE_TABLE = (
+    ('backbone.layers.{i}.attn.gamma1.weight', 'backbone.layers.{i}.ls1.weight'),
+    ('backbone.layers.{i}.ffn.gamma2.weight', 'backbone.layers.{i}.ls2.weight'),
+    ('backbone.layers.{i}.{m}.{w}', 'backbone.layers.{i}.{m}.{w}'),
+    ('backbone.patch_embed.projection.{w}', 'backbone.patch_embed.projection.{w}'),
+    ('backbone.cls_token', 'backbone.cls_token'),
+    ('backbone.ln1.{w}', 'backbone.ln1.{w}'),
 )
 MAE_PASSTHROUGH = ('neck.', 'head.')
 
@@ -92,7 +79,7 @@ def mae_convert(sd: Mapping[str, Tensor], head_dim: int = 64, **options: Any) ->
     options_none('mae', options)
     drops = {'backbone.pos_embed': 'positions come from RoPE, the absolute embedding is '
              'unused'}
-    ours, notes = apply_table(sd, MAE_TO_OURS, 'mae', drops, keep=MAE_PASSTHROUGH,
+    ours, notes = apply_table(sd, MAE_TABLE, 'mae', drops, keep=MAE_PASSTHROUGH,
                               ignore=('data_preprocessor.', ))
     has_cls = 'backbone.cls_token' in ours
     patch = _common(ours)['patch_size']
@@ -121,7 +108,8 @@ def deit3_convert(sd: Mapping[str, Tensor], head_dim: int = 64, rope: str = '2d'
         raise ConversionError(f'--rope must be one of {ROPE_CHOICES}, got {rope!r}')
     indices(sd, r'blocks\.(\d+)\.', 'deit3')
     has_cls = 'cls_token' in sd
-    table = [(rx, repl.format(final='ln1' if has_cls else 'ln2')) for rx, repl in DEIT3_TO_OURS]
+    unused = 'backbone.ln2.{w}' if has_cls else 'backbone.ln1.{w}'
+    table = [row for row in DEIT3_TABLE if row[1] != unused]
     ours, notes = apply_table(fuse(sd, *SWIGLU), table, 'deit3',
                               {'pos_embed': 'unused (positions come from RoPE)'})
     backbone = dict(type='VisionLLaMA', arch=plain_arch(ours, head_dim, 'deit3'), img_size=224,
@@ -146,12 +134,12 @@ def deit3_convert(sd: Mapping[str, Tensor], head_dim: int = 64, rope: str = '2d'
 
 
 def deit3_to_official(sd: Mapping[str, Tensor]) -> StateDict:
-    return unfuse(back(sd, DEIT3_TO_OFFICIAL, 'deit3'), SWIGLU[2], SWIGLU[0], SWIGLU[1],
+    return unfuse(back(sd, DEIT3_TABLE, 'deit3'), SWIGLU[2], SWIGLU[0], SWIGLU[1],
                   lambda t: t.shape[0] // 2)
 
 
 def deit3_name(key: str) -> str:
-    name = rename(key, DEIT3_TO_OFFICIAL) or key
+    name = rename(key, DEIT3_TABLE, to_official=True) or key
     return name.replace(SWIGLU[2], SWIGLU[0])
 
 
@@ -168,8 +156,8 @@ MAE = Layout(
     and any(k.startswith('neck.') for k in sd)
     and not any(k.endswith('.ls1.weight') for k in sd),
     convert=mae_convert,
-    to_official=lambda sd: back(sd, MAE_TO_OFFICIAL, 'mae', keep=MAE_PASSTHROUGH),
-    official_name=lambda key: rename(key, MAE_TO_OFFICIAL) or key,
+    to_official=lambda sd: back(sd, MAE_TABLE, 'mae', keep=MAE_PASSTHROUGH),
+    official_name=lambda key: rename(key, MAE_TABLE, to_official=True) or key,
 )
 
 DEIT3 = Layout(

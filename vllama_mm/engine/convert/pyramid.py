@@ -17,29 +17,16 @@ from .plain import SWIGLU
 OFFICIAL_SR = [8, 4, 2, 1]
 NUM_STAGES = 4
 
-TO_OURS = (
-    (r'patch_embeds\.(\d+)\.proj\.(weight|bias)', r'backbone.patch_embeds.\1.projection.\2'),
-    (r'patch_embeds\.(\d+)\.norm\.(weight|bias)', r'backbone.patch_embeds.\1.norm.\2'),
-    (r'blocks\.(\d+)\.(\d+)\.norm([12])\.(weight|bias)', r'backbone.stages.\1.\2.ln\3.\4'),
-    (r'blocks\.(\d+)\.(\d+)\.attn\.(qkv|q|kv|sr|norm|proj)\.(weight|bias)',
-     r'backbone.stages.\1.\2.attn.\3.\4'),
-    (r'blocks\.(\d+)\.(\d+)\.mlp\.w12\.(weight|bias)', r'backbone.stages.\1.\2.ffn.w12.\3'),
-    (r'blocks\.(\d+)\.(\d+)\.mlp\.c_proj\.(weight|bias)', r'backbone.stages.\1.\2.ffn.w3.\3'),
-    (r'blocks\.(\d+)\.(\d+)\.gamma_([12])', r'backbone.stages.\1.\2.ls\3.weight'),
-    (r'norm\.(weight|bias)', r'backbone.norm.\1'),
-    (r'head\.(weight|bias)', r'head.fc.\1'),
-)
-TO_OFFICIAL = (
-    (r'backbone\.patch_embeds\.(\d+)\.projection\.(weight|bias)', r'patch_embeds.\1.proj.\2'),
-    (r'backbone\.patch_embeds\.(\d+)\.norm\.(weight|bias)', r'patch_embeds.\1.norm.\2'),
-    (r'backbone\.stages\.(\d+)\.(\d+)\.ln([12])\.(weight|bias)', r'blocks.\1.\2.norm\3.\4'),
-    (r'backbone\.stages\.(\d+)\.(\d+)\.attn\.(qkv|q|kv|sr|norm|proj)\.(weight|bias)',
-     r'blocks.\1.\2.attn.\3.\4'),
-    (r'backbone\.stages\.(\d+)\.(\d+)\.ffn\.w12\.(weight|bias)', r'blocks.\1.\2.mlp.w12.\3'),
-    (r'backbone\.stages\.(\d+)\.(\d+)\.ffn\.w3\.(weight|bias)', r'blocks.\1.\2.mlp.c_proj.\3'),
-    (r'backbone\.stages\.(\d+)\.(\d+)\.ls([12])\.weight', r'blocks.\1.\2.gamma_\3'),
-    (r'backbone\.norm\.(weight|bias)', r'norm.\1'),
-    (r'head\.fc\.(weight|bias)', r'head.\1'),
+TABLE = (  # (official, ours)
+    ('patch_embeds.{s}.proj.{w}', 'backbone.patch_embeds.{s}.projection.{w}'),
+    ('patch_embeds.{s}.norm.{w}', 'backbone.patch_embeds.{s}.norm.{w}'),
+    ('blocks.{s}.{j}.norm{n}.{w}', 'backbone.stages.{s}.{j}.ln{n}.{w}'),
+    ('blocks.{s}.{j}.attn.{a}.{w}', 'backbone.stages.{s}.{j}.attn.{a}.{w}'),
+    ('blocks.{s}.{j}.mlp.w12.{w}', 'backbone.stages.{s}.{j}.ffn.w12.{w}'),  # c_fc1 | c_fc2
+    ('blocks.{s}.{j}.mlp.c_proj.{w}', 'backbone.stages.{s}.{j}.ffn.w3.{w}'),
+    ('blocks.{s}.{j}.gamma_{n}', 'backbone.stages.{s}.{j}.ls{n}.weight'),
+    ('norm.{w}', 'backbone.norm.{w}'),
+    ('head.{w}', 'head.fc.{w}'),
 )
 GSA_GLOBAL = ('.attn.q.', '.attn.kv.', '.attn.qkv.')  # sr = 1: rows q | k | v
 
@@ -115,7 +102,7 @@ def convert(sd: Mapping[str, Tensor], head_dim: int = 32, **options: Any) -> Con
              'cls_token': 'unused by the official pyramid model'}
     fused = fuse(fuse(sd, *SWIGLU), *GSA_GLOBAL, when=lambda k: _gsa(k) and k.replace(
         '.q.', '.sr.').replace('.kv.', '.sr.') not in sd)
-    ours, more = apply_table(fused, TO_OURS, 'pyramid', drops)
+    ours, more = apply_table(fused, TABLE, 'pyramid', drops)
     arch = _arch(dims, depths, nh, srs, hidden, 'blocks.0.0.gamma_1' in sd,
                  'blocks.0.0.mlp.c_fc1.bias' in sd)
     backbone = dict(type='PyramidVisionLLaMA', arch=arch, img_size=224,
@@ -136,14 +123,14 @@ def convert(sd: Mapping[str, Tensor], head_dim: int = 32, **options: Any) -> Con
 
 
 def to_official(sd: Mapping[str, Tensor]) -> StateDict:
-    out = back(sd, TO_OFFICIAL, 'pyramid')
+    out = back(sd, TABLE, 'pyramid')
     out = unfuse(out, GSA_GLOBAL[2], GSA_GLOBAL[0], GSA_GLOBAL[1], lambda t: t.shape[0] // 3,
                  when=_gsa)
     return unfuse(out, SWIGLU[2], SWIGLU[0], SWIGLU[1], lambda t: t.shape[0] // 2)
 
 
 def official_name(key: str) -> str:
-    name = rename(key, TO_OFFICIAL) or key
+    name = rename(key, TABLE, to_official=True) or key
     if _gsa(name):
         name = name.replace(GSA_GLOBAL[2], GSA_GLOBAL[0])
     return name.replace(SWIGLU[2], SWIGLU[0])

@@ -206,15 +206,16 @@ def check_data_paths(cfg: Config, mode: str = 'train') -> None:
                         f'your data, e.g. --cfg-options {name}=/path/to/data')
 
 
-def _pretrained_inits(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
+def _dicts(node: Any, key: str, match) -> Iterator[Tuple[str, Dict]]:
+    """``(config key, dict)`` of every dict in ``node`` (recursively) that ``match``es."""
     if isinstance(node, dict):
-        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+        if match(node):
             yield key, node
         for k, v in node.items():
-            yield from _pretrained_inits(v, f'{key}.{k}')
+            yield from _dicts(v, f'{key}.{k}', match)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            yield from _pretrained_inits(v, f'{key}.{i}')
+            yield from _dicts(v, f'{key}.{i}', match)
 
 
 def check_checkpoint_file(path: Optional[str], key: str) -> None:
@@ -238,27 +239,17 @@ def check_checkpoint_file(path: Optional[str], key: str) -> None:
 
 def check_pretrained_files(cfg: Config) -> None:
     """``init_cfg=dict(type='Pretrained', checkpoint=...)`` files must exist (training)."""
-    for key, init in _pretrained_inits(cfg.get('model'), 'model'):
+    for key, init in _dicts(cfg.get('model'), 'model', lambda d: d.get('type') == 'Pretrained'
+                            and isinstance(d.get('checkpoint'), str)):
         check_checkpoint_file(init['checkpoint'], f'{key}.checkpoint')
-
-
-def _backbones(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
-    """``(config key, dict)`` of every ``VisionLLaMA`` model dict in ``node``."""
-    if isinstance(node, dict):
-        if node.get('type') in ('VisionLLaMA', 'vllama_mm.VisionLLaMA'):
-            yield key, node
-        for k, v in node.items():
-            yield from _backbones(v, f'{key}.{k}')
-    elif isinstance(node, (list, tuple)):
-        for i, v in enumerate(node):
-            yield from _backbones(v, f'{key}.{i}')
 
 
 def check_model_cfg(cfg: Config, mode: str = 'train') -> None:
     """Settings that fail late and obscurely: a dense task fed one vector per image
     (``out_type``), fp16 AMP without a GPU."""
     if cfg.get('default_scope') in ('mmseg', 'mmdet'):
-        for key, backbone in _backbones(cfg.get('model'), 'model'):
+        for key, backbone in _dicts(cfg.get('model'), 'model', lambda d: d.get('type') in (
+                'VisionLLaMA', 'vllama_mm.VisionLLaMA')):
             out_type = backbone.get('out_type', 'cls_token')
             if out_type != 'featmap':
                 raise ConfigError(

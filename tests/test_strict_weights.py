@@ -230,3 +230,18 @@ def test_bad_pretrained_init_cfg_is_named(full, tmp_path, init, err, match):
     model = _plain(checkpoint=_save(tmp_path / 'ok.pth', sd), prefix='backbone.', **init)
     with pytest.raises(err, match=match):
         model.init_weights()
+
+
+def test_pretrained_in_an_init_cfg_list_is_strict_too(full, tmp_path):
+    _, sd = full
+    part = {k: v for k, v in sd.items() if not k.startswith('backbone.layers.1.')}
+    init = [dict(type='Constant', val=0.0, layer='Linear'),
+            dict(type='Pretrained', checkpoint=_save(tmp_path / 'part.pth', part),
+                 prefix='backbone.')]
+    with pytest.raises(WeightsError, match='10 missing'):
+        VisionLLaMA(PLAIN, img_size=32, patch_size=8, init_cfg=init).init_weights()
+    src, _ = full
+    init[1]['checkpoint'] = _save(tmp_path / 'ok.pth', sd)
+    model = VisionLLaMA(PLAIN, img_size=32, patch_size=8, init_cfg=init)
+    model.init_weights()  # the checkpoint wins over the constant init
+    assert torch.equal(model.layers[0].attn.qkv.weight, src.layers[0].attn.qkv.weight)

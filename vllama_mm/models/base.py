@@ -144,13 +144,20 @@ class VisionLLaMABackbone(BaseModule):
         """``init_cfg=dict(type='Pretrained', ...)``: the strict, reported load of
         :func:`~vllama_mm.models.weights.load_pretrained` (not mmengine's lenient
         initializer); otherwise the default init, then mmengine's for other init_cfgs."""
-        if is_pretrained(self.init_cfg):
-            load_pretrained(self, self.init_cfg, self.NEW_TASK_TENSORS)
-            self._is_init = True
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = [c for c in cfgs if is_pretrained(c)]
+        if not pretrained:
+            self.apply(init_module)
+            self.init_extra()
+            super().init_weights()
             return
-        self.apply(init_module)
-        self.init_extra()
-        super().init_weights()
+        others = [c for c in cfgs if c is not None and not is_pretrained(c)]
+        if others:  # e.g. a Constant init next to the checkpoint: mmengine's, first
+            self.init_cfg, keep = others, self.init_cfg
+            super().init_weights()
+            self.init_cfg, self._is_init = keep, False
+        load_pretrained(self, pretrained[-1], self.NEW_TASK_TENSORS)
+        self._is_init = True
 
     def init_extra(self) -> None:
         """Random init of what :func:`init_module` does not cover (e.g. a class token)."""

@@ -210,25 +210,30 @@ def test_no_intact_checkpoint_is_an_error_naming_the_files(tmp_path):
 
 
 # ---------------------------------------------------------------- integrity (item 2)
-def test_flipped_byte_fails_every_mmengine_load_naming_the_file(tmp_path):
-    """torch.load accepts the damaged file; mmengine's loader (used by Pretrained init,
-    load_from and resume) refuses it once vllama_mm.engine is imported."""
-    from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
+def test_flipped_byte_is_refused_by_our_checks_and_mmengine_stays_stock(tmp_path):
+    """torch.load accepts the damaged file; our checks (tools' load_from / Pretrained file
+    check, auto-resume) refuse it naming the file, while mmengine's own loader stays
+    stock for everyone else's models after the plugin is imported."""
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_from_local
 
-    from vllama_mm.engine import CheckpointError
+    import vllama_mm.engine  # noqa: F401
+    from vllama_mm.engine import CheckpointError, verify_checkpoint
+    from vllama_mm.engine.validate import ConfigError, check_checkpoint_file
     good, bad = tmp_path / 'good.pth', tmp_path / 'bad.pth'
     torch.save({'state_dict': {'fc.weight': torch.randn(64, 64)}}, good)
     _flip_weight_byte(good, bad)
     torch.load(bad, weights_only=True)  # the fault: silently wrong weights
-    _load_checkpoint(str(good))
+    verify_checkpoint(str(good))
     with pytest.raises(CheckpointError, match=r"bad\.pth' is corrupted: the CRC of"):
-        _load_checkpoint(str(bad))
-    with pytest.raises(CheckpointError, match=r'bad\.pth'):
-        load_checkpoint(torch.nn.Linear(64, 64), str(bad))
+        verify_checkpoint(str(bad))
+    with pytest.raises(ConfigError, match=r"load_from: .*bad\.pth' is corrupted"):
+        check_checkpoint_file(str(bad), 'load_from')
     cut = tmp_path / 'cut.pth'
     cut.write_bytes(good.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r'cut\.pth.*truncated or corrupted'):
-        _load_checkpoint(str(cut))
+        verify_checkpoint(str(cut))
+    assert CheckpointLoader._schemes[''] is load_from_local  # not patched
+    _load_checkpoint(str(bad))  # mmengine's behaviour, unchanged by the plugin
 
 
 def test_converter_checks_crc_and_refuses_to_overwrite_its_source(tmp_path, capsys):

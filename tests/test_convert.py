@@ -541,14 +541,9 @@ def test_pyramid_layout_matches_official_computation(tmp_path, capsys, hw):
     switches = dict(compat='correct', rope_compat='correct', window_pad_mask=True,
                     double_final_norm=False, rope_scale=None)
     for k, v in switches.items():
-        c = dict(cfg, compat=v if k == 'compat' else 'official')
+        c = {**cfg, 'compat': 'official', k: v}
         c.pop('type')
         other = PyramidVisionLLaMA(**c).eval()
-        if k != 'compat':
-            setattr(other, k, v)
-        if k == 'window_pad_mask':  # the blocks hold the masking switch
-            for blk in (b for stage in other.stages for b in stage):
-                blk.window_pad_mask = v
         other.load_state_dict(model.state_dict())
         with torch.no_grad():
             lo = other(img)[0].double() @ saved['state_dict']['head.fc.weight'].double().T

@@ -15,26 +15,14 @@ TINY = dict(embed_dims=[32, 64, 96, 128], depths=[2, 2, 2, 2])
 TINY_LS1 = dict(TINY, layer_scale_init=1.0)
 
 
-def _set_switches(m, **switches):
-    """Flip single switches of the ``compat`` preset on a built model (ablation of one
-    official detail at a time): ``rope_compat``, ``rope_scale``, ``double_final_norm``,
-    ``window_pad_mask``, ``gsa_pool``."""
-    for name, value in switches.items():
-        setattr(m, name, value)
-        for blk in (b for stage in m.stages for b in stage):
-            if name == 'window_pad_mask':
-                blk.window_pad_mask = value
-            elif name == 'gsa_pool':
-                blk.attn.sr_pad = value == 'pad'
-    return m
-
-
 def _pair_of_models(arch=TINY_LS1, **switches_b):
-    """Two models with the same weights; the second gets ``switches_b``."""
+    """Two models with the same weights; the second is built with ``switches_b`` (one
+    official detail at a time: ``rope_compat``, ``rope_scale``, ``double_final_norm``,
+    ``window_pad_mask``, ``gsa_pool``)."""
     torch.manual_seed(0)
     a = PyramidVisionLLaMA(arch)
     a.init_weights()
-    b = _set_switches(PyramidVisionLLaMA(arch), **switches_b)
+    b = PyramidVisionLLaMA(arch, **switches_b)
     b.load_state_dict(a.state_dict())
     return a.eval(), b.eval()
 
@@ -101,8 +89,7 @@ def test_classification_norm_once_or_twice():
     with torch.no_grad():  # a non-trivial affine norm, so applying it twice shows
         once.norm.weight.normal_()
         once.norm.bias.normal_()
-    twice = _set_switches(PyramidVisionLLaMA(TINY_LS1, out_type='avg_featmap'),
-                          double_final_norm=True).eval()
+    twice = PyramidVisionLLaMA(TINY_LS1, out_type='avg_featmap', double_final_norm=True).eval()
     twice.load_state_dict(once.state_dict())
     top_level_norms = [k for k in once.state_dict() if k.split('.')[0] in ('norm', 'norms')]
     assert top_level_norms == ['norm.weight', 'norm.bias']
@@ -225,14 +212,16 @@ def _windows_without_padding(blk, x, hw, rope, ws=7):
 def test_lsa_equals_window_by_window_reference(hw):
     torch.manual_seed(0)
     m = PyramidVisionLLaMA(TINY_LS1).eval()
+    official = PyramidVisionLLaMA(TINY_LS1, window_pad_mask=False).eval()
+    official.load_state_dict(m.state_dict())
     blk = m.stages[1][0]  # LSA block, 64 channels, 2 heads
     lsa_table = m.rope_tables(1, hw, torch.device('cpu'))[0]
     x = torch.randn(2, hw[0] * hw[1], 64)
     with torch.no_grad():
         ref = _windows_without_padding(blk, x, hw, m.ropes[1])
         torch.testing.assert_close(blk(x, hw, lsa_table), ref, rtol=1e-5, atol=1e-5)
-        blk.window_pad_mask = False  # official: padded zeros take part unmasked
-        unmasked = blk(x, hw, lsa_table)
+        # official: padded zeros take part unmasked
+        unmasked = official.stages[1][0](x, hw, lsa_table)
     if hw[0] % 7 or hw[1] % 7:
         assert not torch.allclose(unmasked, ref, atol=1e-3)
     else:
@@ -372,7 +361,10 @@ def test_dense_mode_drops_classification_norm_when_loading():
     (dict(arch=TINY, out_type='raw'), 'out_type'),
     (dict(arch=TINY, rope_type='1d'), 'rope_type'),
     (dict(arch=TINY, compat='timm'), 'compat'),
-    (dict(arch=TINY, rope_compat='official'), 'rope_compat'),  # replaced by compat
+    (dict(arch=TINY, rope_compat='timm'), 'rope_compat'),
+    (dict(arch=TINY, gsa_pool='ceil'), 'gsa_pool'),
+    (dict(arch=TINY, rope_scale='auto'), 'rope_scale'),
+    (dict(arch=TINY, double_final_norm='yes'), 'double_final_norm'),
     (dict(arch=3), 'must be a str or dict'),
 ])
 def test_bad_arguments_named(kwargs, match):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-import vllama_mm.engine  # noqa: F401  (registers StrictPretrainedInit as 'Pretrained')
+import vllama_mm.engine  # noqa: F401  (the plugin imported: stock modules must still load leniently)
 from vllama_mm.engine.weights import WeightsError, check_checkpoint_fits, describe
 from vllama_mm.models import PyramidVisionLLaMA, VisionLLaMA
 
@@ -195,3 +195,53 @@ def test_task_output_norms_are_new_not_missing(full, tmp_path, logged):
         type='Pretrained', checkpoint=_save(tmp_path / 'part.pth', part), prefix='backbone.'))
     with pytest.raises(WeightsError, match=r'missing \(norms\.3\.weight'):
         dense.init_weights()
+
+
+def test_backbone_inside_a_stock_model_loads_strictly_by_itself(full, tmp_path, logged):
+    """The backbone reads its own ``init_cfg`` in ``init_weights`` (as mmdet's Swin does):
+    called from a stock parent's ``init_weights`` it loads strictly and reports, while
+    the parent's other children keep mmengine's default behaviour."""
+    from mmengine.model import BaseModule
+    src, sd = full
+
+    class Classifier(BaseModule):
+        def __init__(self, checkpoint):
+            super().__init__()
+            self.backbone = _plain(checkpoint=checkpoint, prefix='backbone.')
+            self.head = nn.Linear(32, 4)
+
+    model = Classifier(_save(tmp_path / 'ok.pth', sd))
+    model.init_weights()
+    n = len(src.state_dict())
+    assert any(f'{n} of {n} backbone tensors loaded' in line for line in logged)
+    assert torch.equal(model.backbone.patch_embed.projection.weight,
+                       src.patch_embed.projection.weight)
+    part = {k: v for k, v in sd.items() if not k.startswith('backbone.layers.1.')}
+    with pytest.raises(WeightsError, match='10 missing'):
+        Classifier(_save(tmp_path / 'part.pth', part)).init_weights()
+
+
+@pytest.mark.parametrize('init,err,match', [
+    (dict(strict='no'), TypeError, 'strict must be True or False'),
+    (dict(revise_keys=[]), ValueError, r"unknown keys \['revise_keys'\]"),
+])
+def test_bad_pretrained_init_cfg_is_named(full, tmp_path, init, err, match):
+    _, sd = full
+    model = _plain(checkpoint=_save(tmp_path / 'ok.pth', sd), prefix='backbone.', **init)
+    with pytest.raises(err, match=match):
+        model.init_weights()
+
+
+def test_pretrained_in_an_init_cfg_list_is_strict_too(full, tmp_path):
+    _, sd = full
+    part = {k: v for k, v in sd.items() if not k.startswith('backbone.layers.1.')}
+    init = [dict(type='Constant', val=0.0, layer='Linear'),
+            dict(type='Pretrained', checkpoint=_save(tmp_path / 'part.pth', part),
+                 prefix='backbone.')]
+    with pytest.raises(WeightsError, match='10 missing'):
+        VisionLLaMA(PLAIN, img_size=32, patch_size=8, init_cfg=init).init_weights()
+    src, _ = full
+    init[1]['checkpoint'] = _save(tmp_path / 'ok.pth', sd)
+    model = VisionLLaMA(PLAIN, img_size=32, patch_size=8, init_cfg=init)
+    model.init_weights()  # the checkpoint wins over the constant init
+    assert torch.equal(model.layers[0].attn.qkv.weight, src.layers[0].attn.qkv.weight)

@@ -6,6 +6,7 @@ from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
+from .model_zoo import lazy_inferencer
 from .models import LN2d, PyramidVisionLLaMA, SimpleFPN, VisionLLaMA
 from .registry_utils import register_modules
 
@@ -16,16 +17,6 @@ register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor]
 allow_mmengine_checkpoints()
 
 
-def __getattr__(name: str):
-    """``DetInferencer``: mmdet's inferencer that also accepts our model names (mmdet has no
-    API to register a model index; see vllama_mm.model_zoo). Built on first use, so training
-    runs that import this module do not import mmdet.apis."""
-    if name == 'DetInferencer':
-        from mmdet.apis import DetInferencer as Stock
-
-        from .model_zoo import inferencer_class
-
-        cls = inferencer_class(Stock, __name__)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+# ``DetInferencer``: mmdet's inferencer that also accepts our model names (mmdet has
+# no API to register a model index; see vllama_mm.model_zoo), built on first use
+__getattr__ = lazy_inferencer(__name__, 'DetInferencer', 'mmdet.apis')

@@ -6,6 +6,7 @@ from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
+from .model_zoo import lazy_inferencer
 from .models import VisionLLaMA, PyramidVisionLLaMA
 from .registry_utils import register_modules
 
@@ -14,16 +15,6 @@ register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor]
 allow_mmengine_checkpoints()
 
 
-def __getattr__(name: str):
-    """``MMSegInferencer``: mmseg's inferencer that also accepts our model names (mmseg has no
-    API to register a model index; see vllama_mm.model_zoo). Built on first use, so training
-    runs that import this module do not import mmseg.apis."""
-    if name == 'MMSegInferencer':
-        from mmseg.apis import MMSegInferencer as Stock
-
-        from .model_zoo import inferencer_class
-
-        cls = inferencer_class(Stock, __name__)
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+# ``MMSegInferencer``: mmseg's inferencer that also accepts our model names (mmseg has
+# no API to register a model index; see vllama_mm.model_zoo), built on first use
+__getattr__ = lazy_inferencer(__name__, 'MMSegInferencer', 'mmseg.apis')

@@ -17,7 +17,7 @@ No task library is imported here.
 """
 import fnmatch
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -100,3 +100,20 @@ def inferencer_class(stock: type, module: str) -> type:
     class of ``module`` (the thin registration module that exposes it)."""
     return type(stock.__name__, (ModelZooInferencerMixin, stock),
                 {'__doc__': stock.__doc__, '__module__': module})
+
+
+def lazy_inferencer(module: str, name: str, stock_module: str) -> Callable[[str], type]:
+    """A module ``__getattr__`` that builds ``name`` (``stock_module.name`` accepting our
+    model names, see :func:`inferencer_class`) on first use, so that training runs that
+    import the registration module do not import the library's apis."""
+    import importlib
+    import sys
+
+    def __getattr__(attr: str) -> type:
+        if attr != name:
+            raise AttributeError(f'module {module!r} has no attribute {attr!r}')
+        cls = inferencer_class(getattr(importlib.import_module(stock_module), name), module)
+        setattr(sys.modules[module], name, cls)
+        return cls
+
+    return __getattr__

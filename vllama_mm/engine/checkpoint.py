@@ -108,23 +108,3 @@ def verify_checkpoint(path: str, error: type = None) -> None:
         raise CheckpointError(
             f'checkpoint file {path!r} is corrupted: the CRC of {bad!r} does not match '
             '(flipped bytes on disk or in transfer); copy or download it again')
-
-
-def load_from_local_verified(filename: str, map_location: Any = None) -> Any:
-    """mmengine's local checkpoint loader with :func:`verify_checkpoint` first.
-
-    Registered for local paths by :func:`install_checkpoint_checks`, so ``Pretrained``
-    init, ``load_from`` (``tools/test.py``) and resume all verify the file before loading
-    (and load it with safe unpickling plus mmengine's own classes allowed).
-    """
-    import os.path as osp
-    from mmengine.runner.checkpoint import load_from_local
-    verify_checkpoint(osp.expanduser(filename))
-    allow_mmengine_checkpoints()  # re-adds entries a safe_globals() context removed
-    return load_from_local(filename, map_location)
-
-
-def install_checkpoint_checks() -> None:
-    """Make mmengine's ``CheckpointLoader`` verify local files before loading (idempotent)."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_verified, force=True)

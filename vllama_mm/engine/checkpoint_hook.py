@@ -34,7 +34,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .checkpoint import CheckpointError, verify_checkpoint
+from .checkpoint import CheckpointError, allow_mmengine_checkpoints, verify_checkpoint
 
 TMP_SUFFIX = '.tmp'
 
@@ -153,6 +153,10 @@ class AtomicCheckpointHook(CheckpointHook):
         output directory later, in ``before_train``).
         """
         super().before_run(runner)
+        allow_mmengine_checkpoints()  # resume reads mmengine's own classes (safe loading)
+        load_from = getattr(runner, '_load_from', None)
+        if isinstance(load_from, str) and osp.isfile(load_from):
+            verify_checkpoint(load_from)  # resume / load_from: zip CRC before loading
         ckpt_dir = runner.work_dir
         if self.out_dir is not None:  # CheckpointHook appends the work dir's name
             ckpt_dir = osp.join(self.out_dir, osp.basename(runner.work_dir.rstrip(osp.sep)))

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..models.dit_llama import DIT_ARCHS
+from ..models.weights import compare
 from .checkpoint import verify_checkpoint
 
 FORMATS = ('dit-llama', 'sit-llama')
@@ -195,9 +196,7 @@ def check_loads(out: Mapping[str, Any]) -> None:
     with torch.device('meta'):
         model = DiTLLaMA(**cfg)
     sd = {k[len('denoiser.'):]: v for k, v in out['state_dict'].items()}
-    own = model.state_dict()
-    missing, unexpected = set(own) - set(sd), set(sd) - set(own)
-    bad = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    missing, bad, unexpected = compare(model.state_dict(), sd)
     if missing or unexpected or bad:
         raise DiTConversionError(f'converted weights do not fit DiTLLaMA({cfg}): missing '
                                  f'{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}, '

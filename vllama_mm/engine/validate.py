@@ -206,15 +206,16 @@ def check_data_paths(cfg: Config, mode: str = 'train') -> None:
                         f'your data, e.g. --cfg-options {name}=/path/to/data')
 
 
-def _pretrained_inits(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
+def _dicts(node: Any, key: str, match) -> Iterator[Tuple[str, Dict]]:
+    """``(config key, dict)`` of every dict in ``node`` (recursively) that ``match``es."""
     if isinstance(node, dict):
-        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+        if match(node):
             yield key, node
         for k, v in node.items():
-            yield from _pretrained_inits(v, f'{key}.{k}')
+            yield from _dicts(v, f'{key}.{k}', match)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            yield from _pretrained_inits(v, f'{key}.{i}')
+            yield from _dicts(v, f'{key}.{i}', match)
 
 
 def check_checkpoint_file(path: Optional[str], key: str) -> None:
@@ -238,27 +239,17 @@ def check_checkpoint_file(path: Optional[str], key: str) -> None:
 
 def check_pretrained_files(cfg: Config) -> None:
     """``init_cfg=dict(type='Pretrained', checkpoint=...)`` files must exist (training)."""
-    for key, init in _pretrained_inits(cfg.get('model'), 'model'):
+    for key, init in _dicts(cfg.get('model'), 'model', lambda d: d.get('type') == 'Pretrained'
+                            and isinstance(d.get('checkpoint'), str)):
         check_checkpoint_file(init['checkpoint'], f'{key}.checkpoint')
-
-
-def _backbones(node: Any, key: str) -> Iterator[Tuple[str, Dict]]:
-    """``(config key, dict)`` of every ``VisionLLaMA`` model dict in ``node``."""
-    if isinstance(node, dict):
-        if node.get('type') in ('VisionLLaMA', 'vllama_mm.VisionLLaMA'):
-            yield key, node
-        for k, v in node.items():
-            yield from _backbones(v, f'{key}.{k}')
-    elif isinstance(node, (list, tuple)):
-        for i, v in enumerate(node):
-            yield from _backbones(v, f'{key}.{i}')
 
 
 def check_model_cfg(cfg: Config, mode: str = 'train') -> None:
     """Settings that fail late and obscurely: a dense task fed one vector per image
     (``out_type``), fp16 AMP without a GPU."""
     if cfg.get('default_scope') in ('mmseg', 'mmdet'):
-        for key, backbone in _backbones(cfg.get('model'), 'model'):
+        for key, backbone in _dicts(cfg.get('model'), 'model', lambda d: d.get('type') in (
+                'VisionLLaMA', 'vllama_mm.VisionLLaMA')):
             out_type = backbone.get('out_type', 'cls_token')
             if out_type != 'featmap':
                 raise ConfigError(
@@ -285,93 +276,6 @@ def validate_cfg(cfg: Config, mode: str = 'train') -> None:
         check_pretrained_files(cfg)
 
 
-# ---------------------------------------------------------------------------- backbone args
-#: Kind of every scalar backbone argument checked by :func:`check_backbone_args`
-#: (``arch.<key>``: a key of the resolved ``arch`` dict).
-BACKBONE_ARG_KINDS = {
-    'img_size': 'size', 'patch_size': 'pos_int', 'in_channels': 'pos_int',
-    'window_size': 'nonneg_int', 'frozen_stages': 'int', 'rope_theta': 'pos_real',
-    'norm_eps': 'pos_real', 'qkv_bias': 'bool', 'with_cls_token': 'bool',
-    'final_norm': 'bool', 'window_pad_mask': 'bool',
-    'double_final_norm': 'bool', 'drop_rate': 'nonneg_real', 'attn_drop_rate': 'nonneg_real',
-    'drop_path_rate': 'nonneg_real', 'arch.layer_scale_init': 'nonneg_real',
-    'arch.ffn_bias': 'bool',
-}
-_KIND_TEXT = {'pos_int': 'a positive int', 'nonneg_int': 'an int >= 0', 'int': 'an int',
-              'pos_real': 'a finite number > 0', 'nonneg_real': 'a finite number >= 0',
-              'bool': 'True or False', 'size': 'a positive int or a pair (h, w) of them'}
-
-
-def _fits(value: Any, kind: str) -> bool:
-    import math
-    if kind == 'bool':
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if kind == 'size':
-        pair = value if isinstance(value, (list, tuple)) and len(value) == 2 else (value, )
-        return all(_fits(v, 'pos_int') for v in pair)
-    if kind.endswith('_int') or kind == 'int':
-        ok = isinstance(value, int)
-    else:
-        ok = isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok:
-        return False
-    return value > 0 if kind.startswith('pos') else value >= 0 if kind.startswith('nonneg') \
-        else True
-
-
-def check_backbone_args(owner: str, args: Dict[str, Any], arch: Dict[str, Any],
-                        num_outputs: int) -> None:
-    """Type and range of a backbone's arguments, before anything is built.
-
-    Without it a string ``rope_theta`` fails deep inside ("'>' not supported between
-    'str' and 'int'"), ``patch_size=8.7`` / ``window_size=2.5`` are truncated, a negative
-    or NaN ``layer_scale_init`` disables layer scale and ``ffn_bias='no'`` means True.
-    ``args``: the constructor's arguments by name (unknown names are ignored);
-    ``num_outputs``: layers (plain) or stages (pyramid) that ``out_indices`` indexes:
-    duplicates or a non-increasing order are errors (the outputs come in block order,
-    one per block). Raises ``ValueError`` naming the argument, its value and what it
-    must be.
-    """
-    values = dict(args)
-    values.update({f'arch.{k}': v for k, v in arch.items()})
-    for name, kind in BACKBONE_ARG_KINDS.items():
-        if name in values and not _fits(values[name], kind):
-            value = values[name]
-            raise ValueError(f'{owner}: {name} must be {_KIND_TEXT[kind]}, got {value!r}'
-                             f' ({type(value).__name__})')
-    out_indices = values.get('out_indices')
-    if isinstance(out_indices, (list, tuple)) and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-        resolved = [i + num_outputs if i < 0 else i for i in out_indices]
-        if any(b <= a for a, b in zip(resolved, resolved[1:])):
-            raise ValueError(f'{owner}: out_indices must be increasing without duplicates '
-                             f'(one output per block, in block order), got {tuple(out_indices)}'
-                             + (f' = {tuple(resolved)}' if resolved != list(out_indices) else ''))
-
-
-def guard_traced_size(x: Any, owner: str) -> Any:
-    """Under ``torch.jit.trace``: make the traced module refuse other input sizes.
-
-    The RoPE tables and token-grid reshapes are fixed when tracing, so a module traced
-    at 64x32 and run at 32x64 would return a transposed map. This adds a zero
-    ``[1, 1, H, W]`` constant expanded to the input's (dynamic) shape: any other H x W
-    fails inside the traced module with an expand size error; a warning at trace time
-    says so. Eager calls return ``x`` unchanged.
-    """
-    import warnings
-
-    import torch
-    if not torch.jit.is_tracing():
-        return x
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    warnings.warn(f'{owner} traced at input size {h}x{w}: the traced module only runs at '
-                  f'this size (RoPE tables and token grids are fixed by tracing); other '
-                  f'sizes fail with an expand size error', torch.jit.TracerWarning)
-    return x + x.new_zeros(1, 1, h, w).expand_as(x)
-
-
 # ---------------------------------------------------------------------------- CLI
 def exit_with_error(exc: BaseException) -> None:
     """Print ``error: <message>`` to stderr and exit 2; ``VLLAMA_MM_DEBUG=1`` re-raises."""
@@ -386,5 +290,4 @@ def exit_with_error(exc: BaseException) -> None:
 __all__ = ['ConfigError', 'RUNNER_KEYS', 'TYPO_RATIO', 'USER_ERRORS', 'check_cfg_options',
            'warn_config_variables', 'dataset_paths', 'check_data_paths',
            'check_checkpoint_file', 'check_pretrained_files', 'check_model_cfg',
-           'validate_cfg', 'BACKBONE_ARG_KINDS', 'check_backbone_args', 'guard_traced_size',
-           'exit_with_error']
+           'validate_cfg', 'exit_with_error']

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models.weights import compare
+
 WEIGHTS = ('ema', 'raw')
 
 
@@ -62,10 +64,12 @@ def load_generator(config: str, checkpoint: str, weights: str = 'ema',
     if want is not None and want != type(model).__name__:
         raise ValueError(f'{checkpoint} holds {fmt} weights but {config} builds '
                          f'{type(model).__name__}: use a {want} config')
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
+    missing, bad, unexpected = compare(model.state_dict(), sd)
+    if missing or bad or unexpected:
         raise ValueError(f'{checkpoint} does not fit {config}: missing {missing[:4]}, '
-                         f'unexpected {unexpected[:4]} (another arch or family?)')
+                         f'unexpected {unexpected[:4]}, shape mismatch {bad[:4]} (another '
+                         'arch or family?)')
+    model.load_state_dict(sd)
     return model.to(device).eval(), cfg
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rope import check_rope_width
+
 
 class GeluMLP(nn.Module):
     """The ViT MLP: ``fc2(gelu(fc1(x)))`` with biases (ablation 11a; hidden 4d)."""
@@ -77,9 +79,7 @@ def rope_rotary_dim(rope_ratio: float, head_dim: int) -> int:
         raise ValueError(f'rope_ratio must be in (0, 1] (use rope_type="none" for no '
                          f'RoPE), got {rope_ratio!r}')
     dim = int(rope_ratio * head_dim)
-    if dim == 0 or dim % 4:
-        raise ValueError(f'rope_ratio {rope_ratio} rotates int({rope_ratio} * {head_dim}) = '
-                         f'{dim} channels per head; 2D RoPE needs a positive multiple of 4')
+    check_rope_width(dim, f'rope_ratio {rope_ratio} rotates int({rope_ratio} * {head_dim}) =')
     return dim
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rope import Table, apply_rope
+from .rope import Table, apply_rope, check_rope_width
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -22,37 +22,17 @@ def check_heads(dim: int, num_heads: int) -> int:
             raise ValueError(f'{name} must be a positive int, got {v!r}')
     if dim % num_heads != 0:
         raise ValueError(f'embed dims {dim} is not divisible by num_heads {num_heads}')
-    head_dim = dim // num_heads
-    if head_dim % 4 != 0:
-        raise ValueError(f'2D RoPE needs a head dim divisible by 4: embed dims {dim} / '
-                         f'{num_heads} heads = {head_dim}')
-    return head_dim
+    return check_rope_width(dim // num_heads, f'embed dims {dim} / {num_heads} heads = head dim')
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
            dropout_p: float = 0.0) -> Tensor:
     """``softmax(q k^T / sqrt(Hc)) v``: q [B, h, N, Hc], k/v [B, h, Nk, Hc] -> [B, h, N, Hc].
 
-    ``attn_mask``: bool, True where a key may be attended. Runs
+    ``attn_mask``: bool, True where a key may be attended. One call of
     ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA, flash
-    on CPU), except when training in bfloat16 on CPU (the CPU autocast training path):
-    there the same product is written out, because torch 2.11's CPU flash-attention
-    *backward* in bf16 is slow on short sequences. Forward + backward, bf16, one thread
-    (SDPA vs written out): 7x7 windows [256, 2, 49, 32] 82 vs 14 ms, pooled keys
-    [4, 2, 3136, 32] x 49 keys 15.5 vs 7.0 ms, ViT-B [4, 12, 197, 64] 28 vs 17 ms; the
-    Pyramid-S / -B training steps under bf16 autocast ran 1.33x / 1.43x faster
-    (``tools/benchmark.py --models pyramid-vision-llama --ref <before> --amp``). SDPA
-    keeps the forward-only path (its bf16 forward is the faster one: 2.3 vs 3.6 ms on
-    the pooled keys) and float32 (the two within 10 % here). The cost of the rule: bf16
-    CPU training on long sequences (1024 tokens: SDPA would be 1.3x faster and keeps no
-    N x Nk matrix), not a setting anyone trains in.
+    on CPU), the kernel the peer models (timm / mmpretrain ViT, Twins) run as well.
     """
-    if q.device.type == 'cpu' and q.dtype == torch.bfloat16 and torch.is_grad_enabled():
-        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, h, N, Nk]
-        if attn_mask is not None:
-            attn = attn.masked_fill(~attn_mask, float('-inf'))
-        attn = F.dropout(attn.softmax(dim=-1), dropout_p)
-        return attn @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
@@ -73,8 +53,8 @@ class RoPEAttention(nn.Module):
             pad the map bottom/right to a multiple before the conv, giving a
             ``ceil(H/sr) x ceil(W/sr)`` key grid (default; also works when H or W < sr).
             ``False`` lets the conv floor (``floor(H/sr) x floor(W/sr)``, trailing rows and
-            columns unseen by keys), as the official pyramid code does. Settable after
-            construction (``attn.sr_pad``); not a parameter.
+            columns unseen by keys), as the official pyramid code does (the pyramid's
+            ``gsa_pool='floor'``); not a parameter.
 
     Parameters: ``qkv`` [3C, C] (rows q|k|v, head-major) when ``sr_ratio == 1``;
     otherwise ``q`` [C, C], ``kv`` [2C, C] (rows k|v), ``sr`` and ``norm``.

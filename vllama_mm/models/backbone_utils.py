@@ -1,9 +1,9 @@
-"""Plumbing shared by every VisionLLaMA backbone (plain, pyramid, MAE encoder):
-argument checks, the default init, the "is it pretrained" test, the checkpointed block
-call and the shape check of loaded checkpoints."""
+"""Plumbing shared by every VisionLLaMA backbone (plain, pyramid, MAE encoder): the arch
+preset lookup, the default init, the "is it pretrained" test and the checkpointed block
+call (the shared base class is :mod:`.base`)."""
 import copy
 import functools
-from typing import Dict, List, Sequence, Union
+from typing import Dict, Sequence, Union
 
 import torch
 import torch.utils.checkpoint
@@ -36,33 +36,6 @@ def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequen
     full = copy.deepcopy(defaults)
     full.update(arch)
     return full
-
-
-def resolve_out_indices(out_indices: Union[int, Sequence[int]], num: int,
-                        unit: str) -> List[int]:
-    """``out_indices`` (int or list, negatives count from the end) -> non-negative list,
-    checked against ``num`` layers/stages (``unit`` names them in errors)."""
-    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
-        out_indices = [out_indices]
-    if not isinstance(out_indices, Sequence):
-        raise TypeError(f'out_indices must be an int or a sequence, got {out_indices!r}')
-    if isinstance(out_indices, str) or not out_indices or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
-        raise TypeError(f'out_indices must be a non-empty list of ints, got {out_indices!r}')
-    result = []
-    for i in out_indices:
-        j = i + num if i < 0 else i
-        if not 0 <= j < num:
-            raise ValueError(f'out_indices {i} is out of range for {num} {unit}')
-        result.append(j)
-    return result
-
-
-def check_rates(**rates: float) -> None:
-    """Dropout / drop-path probabilities must lie in [0, 1)."""
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f'{name} must be in [0, 1), got {p}')
 
 
 def is_pretrained(init_cfg) -> bool:
@@ -134,27 +107,4 @@ def run_block(block: nn.Module, x: Tensor, *args, with_cp: Union[bool, str] = Fa
     return torch.utils.checkpoint.checkpoint(
         block, x, *args, use_reentrant=False,
         context_fn=functools.partial(create_selective_checkpoint_contexts, _save_matmuls))
-
-
-def check_checkpoint_shapes(module: nn.Module, state_dict: Dict[str, Tensor],
-                            prefix: str) -> None:
-    """Raise ValueError when checkpoint tensors under ``prefix`` have other shapes here.
-
-    mmengine's ``Pretrained`` init loads with ``strict=False`` and only logs a warning on
-    size mismatches, leaving those parameters at their random init: a checkpoint of
-    another arch would silently train from scratch. Called from the load pre-hooks.
-    """
-    own = module.state_dict()
-    bad = []
-    for key, value in state_dict.items():
-        name = key[len(prefix):]
-        if key.startswith(prefix) and name in own and hasattr(value, 'shape') \
-                and tuple(value.shape) != tuple(own[name].shape):
-            bad.append(f'{name} {tuple(value.shape)} in the checkpoint vs '
-                       f'{tuple(own[name].shape)} here')
-    if bad:
-        raise ValueError(f'{type(module).__name__}: checkpoint does not fit this arch, '
-                         f'{len(bad)} tensors differ in shape ({"; ".join(bad[:3])}'
-                         f'{"; ..." if len(bad) > 3 else ""}); check `arch` against the '
-                         'checkpoint (or convert it first)')
 

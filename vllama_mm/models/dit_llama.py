@@ -24,7 +24,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from .attention import RoPEAttention
+from .attention import RoPEAttention, check_heads
 from .backbone_utils import cp_mode, run_block
 from .blocks import SwiGLU, swiglu_hidden
 from .rope import RoPE2D
@@ -195,10 +195,7 @@ class DiTLLaMA(BaseModule):
         for key, v in (('embed_dims', dim), ('num_layers', depth), ('num_heads', heads)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f'DiTLLaMA: {key} must be a positive int, got {v!r}')
-        if dim % heads or (dim // heads) % 4:
-            raise ValueError(f'DiTLLaMA: embed_dims {dim} / num_heads {heads} must give a '
-                             'head dim divisible by 4 (2D RoPE)')
-        head_dim = dim // heads
+        head_dim = check_heads(dim, heads)
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if size[0] % patch_size or size[1] % patch_size:
             raise ValueError(f'input_size {size} is not divisible by patch_size {patch_size}')

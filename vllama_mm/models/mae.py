@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backbone_utils import is_pretrained, run_block
+from .backbone_utils import run_block
 from .rope import gather_tokens
 from .vision_llama import VisionLLaMA
 
@@ -46,9 +46,8 @@ class VisionLLaMAMAE(VisionLLaMA):
             raise ValueError('VisionLLaMAMAE returns the last block only (out_indices=-1), '
                              f'got {kwargs.get("out_indices")}')
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        if self.with_cls_token and not is_pretrained(self.init_cfg):
+    def init_extra(self) -> None:
+        if self.with_cls_token:
             torch.nn.init.normal_(self.cls_token, std=0.02)  # as mmpretrain's MAEViT
 
     def random_masking(self, x: Tensor, mask_ratio: float

@@ -10,16 +10,14 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ..engine.validate import check_backbone_args, guard_traced_size
-from .attention import check_heads
 from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, rope_rotary_dim
+from .attention import check_heads
+from .backbone_utils import cp_mode, resolve_arch, run_block
+from .base import (VisionLLaMABackbone, guard_traced_size, need_bool, need_int, need_rate,
+                   need_real, need_size, resolve_out_indices, state_keys)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
-from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
-                             resolve_arch, resolve_out_indices, run_block, cp_mode)
 from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
@@ -31,7 +29,7 @@ def _arch(embed_dims: Sequence[int], depths: Sequence[int]) -> Dict:
                 num_heads=[d // HEAD_DIM for d in embed_dims])
 
 
-class PyramidVisionLLaMA(BaseModule):
+class PyramidVisionLLaMA(VisionLLaMABackbone):
     """Pyramid VisionLLaMA backbone (Twins-SVT layout, no conditional position encoding).
 
     Args:
@@ -65,6 +63,15 @@ class PyramidVisionLLaMA(BaseModule):
             classifier feature ``norm(mean(norm(x)))``; ``featmap`` GSA positions
             (queries and keys) scaled by ``14 / H_stage`` on both axes (the authors'
             seg/det ``auto_scale``). LSA positions are window-local 0..6 in both.
+            ``compat`` only sets the defaults of the five switches below; each one given
+            explicitly overrides its preset value (an ablation of one detail).
+        rope_compat: GSA key positions, ``'correct'`` (cell centres) or ``'official'``.
+        rope_scale: GSA position scale: None (from ``rope_type``), ``'official'``
+            (``14 / H_stage``) or a number; ``'preset'`` (default) takes ``compat``'s.
+        window_pad_mask: mask the zero-padded keys of LSA windows (True) or not.
+        gsa_pool: ``'pad'`` (zero pad to a multiple of sr, ceil key grid) or ``'floor'``.
+        double_final_norm: ``avg_featmap`` feature ``norm(mean(norm(x)))`` (True) or
+            ``norm(mean(x))``.
         rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'`` or ``'none'``.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
@@ -114,17 +121,19 @@ class PyramidVisionLLaMA(BaseModule):
     arch_defaults = dict(num_heads=None, sr_ratios=[8, 4, 2, 1], feedforward_channels=None,
                          layer_scale_init=1e-4, ffn_bias=False)
     OUT_TYPES = ('featmap', 'avg_featmap')
+    NEW_TASK_TENSORS = ('norms.', )  # per-stage output norms: none in classification weights
     ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'none')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
-    # compat preset -> out_type -> switches. gsa_scale None: from rope_type (AS2DRoPE);
+    # compat preset -> out_type -> defaults of the geometry switches (constructor
+    # arguments of the same names). rope_scale None: from rope_type (AS2DRoPE);
     # 'official': 14 / H_stage on both axes; a number: that scale on both axes.
-    _CORRECT = dict(gsa_keys='correct', window_pad_mask=True, gsa_pool='pad',
-                    double_final_norm=False, gsa_scale=None)
-    _OFFICIAL = dict(gsa_keys='official', window_pad_mask=False, gsa_pool='floor')
+    _CORRECT = dict(rope_compat='correct', window_pad_mask=True, gsa_pool='pad',
+                    double_final_norm=False, rope_scale=None)
+    _OFFICIAL = dict(rope_compat='official', window_pad_mask=False, gsa_pool='floor')
     COMPAT = {
         'correct': dict(featmap=_CORRECT, avg_featmap=_CORRECT),
-        'official': dict(featmap=dict(_OFFICIAL, double_final_norm=False, gsa_scale='official'),
-                         avg_featmap=dict(_OFFICIAL, double_final_norm=True, gsa_scale=1.0)),
+        'official': dict(featmap=dict(_OFFICIAL, double_final_norm=False, rope_scale='official'),
+                         avg_featmap=dict(_OFFICIAL, double_final_norm=True, rope_scale=1.0)),
     }
 
     def __init__(self,
@@ -135,6 +144,11 @@ class PyramidVisionLLaMA(BaseModule):
                  out_indices: Optional[Union[int, Sequence[int]]] = None,
                  window_size: int = 7,
                  compat: str = 'correct',
+                 rope_compat: Optional[str] = None,
+                 rope_scale: Union[None, str, float] = 'preset',
+                 window_pad_mask: Optional[bool] = None,
+                 gsa_pool: Optional[str] = None,
+                 double_final_norm: Optional[bool] = None,
                  rope_type: str = 'as2d',
                  rope_theta: float = 10000.0,
                  rope_anchor: Optional[Tuple[int, int]] = None,
@@ -156,50 +170,51 @@ class PyramidVisionLLaMA(BaseModule):
                  drop_path_branches: str = 'both',
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        a = self._resolve_arch(arch)
-        check_backbone_args(type(self).__name__, locals(), a, NUM_STAGES)
-        self.arch_settings = a
+        owner = type(self).__name__
+        self.arch_settings = a = self._resolve_arch(arch)
         self.embed_dims: List[int] = a['embed_dims']
         self.depths: List[int] = a['depths']
         self.num_heads: List[int] = a['num_heads']
         self.sr_ratios: List[int] = a['sr_ratios']
         ffn_hidden: List[int] = [mlp_hidden(mlp_type, d, h) for d, h in
                                  zip(self.embed_dims, a['feedforward_channels'])]
-        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
         check_choice('abs_pos_embed', abs_pos_embed, (None, 'learnable'))
-        for name, flag in (('rope_shared', rope_shared), ('use_peg', use_peg)):
-            if not isinstance(flag, bool):
-                raise ValueError(f'{name} must be True or False, got {flag!r}')
         rotary_dim = rope_rotary_dim(rope_ratio, HEAD_DIM)
         self.abs_pos_embed = abs_pos_embed
-        self.use_peg = use_peg
+        self.use_peg = need_bool(owner, 'use_peg', use_peg)
 
         # -- options ---------------------------------------------------------------
-        for name, value, allowed in (('out_type', out_type, self.OUT_TYPES),
-                                     ('rope_type', rope_type, self.ROPE_TYPES),
+        self.setup_out_type(out_type)
+        for name, value, allowed in (('rope_type', rope_type, self.ROPE_TYPES),
                                      ('compat', compat, tuple(self.COMPAT))):
             if value not in allowed:
                 raise ValueError(f'{name} must be one of {allowed}, got {value!r}')
-        if int(window_size) <= 0:
-            raise ValueError(f'window_size must be positive, got {window_size}')
-        self.out_type = out_type
-        self.window_size = int(window_size)
+        self.window_size = need_int(owner, 'window_size', window_size, 1)
         self.compat = compat
-        # the preset's switches, fixed for the model's life (read by blocks and geometry)
+        # the geometry switches: given, else the preset's (fixed for the model's life)
         preset = self.COMPAT[compat][out_type]
-        self.rope_compat: str = preset['gsa_keys']  # 'correct' | 'official'
-        self.window_pad_mask: bool = preset['window_pad_mask']
-        self.gsa_pool: str = preset['gsa_pool']  # 'pad' | 'floor'
-        self.double_final_norm: bool = preset['double_final_norm']
-        self.rope_scale: Optional[Union[str, float]] = preset['gsa_scale']
+        self.rope_compat: str = preset['rope_compat'] if rope_compat is None else rope_compat
+        check_choice('rope_compat', self.rope_compat, ('correct', 'official'))
+        self.rope_scale: Union[None, str, float] = \
+            preset['rope_scale'] if rope_scale == 'preset' else rope_scale
+        if self.rope_scale not in (None, 'official'):
+            need_real(owner, 'rope_scale', self.rope_scale, positive=True)
+        self.window_pad_mask: bool = need_bool(owner, 'window_pad_mask', preset[
+            'window_pad_mask'] if window_pad_mask is None else window_pad_mask)
+        self.gsa_pool: str = preset['gsa_pool'] if gsa_pool is None else gsa_pool
+        check_choice('gsa_pool', self.gsa_pool, ('pad', 'floor'))
+        self.double_final_norm: bool = need_bool(owner, 'double_final_norm', preset[
+            'double_final_norm'] if double_final_norm is None else double_final_norm)
         self.out_indices = self._resolve_out_indices(out_indices, out_type)
 
         # -- RoPE, one per stage, anchored at the stage's pre-training grid ----------
-        self.img_size = _pair(img_size)
+        self.img_size = need_size(owner, 'img_size', img_size)
         if min(self.img_size) < 4:
             raise ValueError(f'img_size {self.img_size} is smaller than the stem stride 4')
         anchor = _pair(rope_anchor) if rope_anchor is not None else \
             tuple(math.ceil(s / 4) for s in self.img_size)
+        rope_theta = need_real(owner, 'rope_theta', rope_theta, positive=True)
+        rope_shared = need_bool(owner, 'rope_shared', rope_shared)
         self.ropes = nn.ModuleList()
         stage_grids = []
         for s in range(NUM_STAGES):
@@ -210,8 +225,11 @@ class PyramidVisionLLaMA(BaseModule):
             anchor = tuple(math.ceil(s / 2) for s in anchor)
 
         # -- stages ------------------------------------------------------------------
-        check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                    drop_path_rate=drop_path_rate)
+        drop_path_rate = need_rate('drop_path_rate', drop_path_rate)
+        attn_drop_rate, drop_rate = need_rate('attn_drop_rate', attn_drop_rate), \
+            need_rate('drop_rate', drop_rate)
+        norm_eps = need_real(owner, 'norm_eps', norm_eps, positive=True)
+        qkv_bias = need_bool(owner, 'qkv_bias', qkv_bias)
         total = sum(self.depths)
         dpr = drop_path_rates(drop_path_rate, total, drop_path_schedule)
         self.patch_embeds = nn.ModuleList()
@@ -251,11 +269,7 @@ class PyramidVisionLLaMA(BaseModule):
         else:
             self.norm = build_norm(norm_type, self.embed_dims[-1], norm_eps)
 
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
-        self._freeze_stages()
+        self.setup_frozen(frozen_stages, NUM_STAGES)
 
     # ------------------------------------------------------------------ arguments
     def _resolve_arch(self, arch: Union[str, Dict]) -> Dict:
@@ -263,10 +277,8 @@ class PyramidVisionLLaMA(BaseModule):
         a = resolve_arch(arch, self.arch_zoo, self.essential_keys, self.arch_defaults, owner)
         for key, value in self.arch_defaults.items():  # zoo presets carry only the sizes
             a.setdefault(key, copy.deepcopy(value))
-        if isinstance(a['layer_scale_init'], bool) or \
-                not isinstance(a['layer_scale_init'], (int, float)) or a['layer_scale_init'] < 0:
-            raise ValueError(f'{owner}: arch layer_scale_init must be a number >= 0, '
-                             f'got {a["layer_scale_init"]!r}')
+        need_real(owner, 'arch.layer_scale_init', a['layer_scale_init'])
+        need_bool(owner, 'arch.ffn_bias', a['ffn_bias'])
         for key in ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'feedforward_channels'):
             if a[key] is None:
                 continue
@@ -296,29 +308,22 @@ class PyramidVisionLLaMA(BaseModule):
     def _resolve_out_indices(out_indices, out_type: str) -> List[int]:
         if out_indices is None:
             out_indices = (0, 1, 2, 3) if out_type == 'featmap' else (NUM_STAGES - 1,)
-        result = resolve_out_indices(out_indices, NUM_STAGES, 'stages')
+        result = resolve_out_indices('PyramidVisionLLaMA', out_indices, NUM_STAGES, 'stages')
         if out_type == 'avg_featmap' and result != [NUM_STAGES - 1]:
             raise ValueError('out_type="avg_featmap" pools the last stage only; '
                              f'out_indices must be (3,), got {tuple(out_indices)}')
         return result
 
-    # ------------------------------------------------------------------ init / loading
-    def init_weights(self) -> None:
-        if not is_pretrained(self.init_cfg):
-            self.apply(init_module)  # layer-scale weights keep their init value
-        super().init_weights()
-
-    def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
+    # ------------------------------------------------------------------ base hooks
+    def drop_unused(self, state_dict, prefix, logger) -> None:
         """Classification weights into a dense backbone: drop ``norm``, explain ``norms``."""
-        check_checkpoint_shapes(self, state_dict, prefix)  # ``norm.*`` absent here: skipped
         if hasattr(self, 'norm'):
             return
-        logger = MMLogger.get_current_instance()
-        for name in [k for k in state_dict if k.startswith(prefix + 'norm.')]:
+        for name in state_keys(state_dict, prefix, 'norm.'):
             del state_dict[name]
             logger.info(f'{name}: dropped. out_type="featmap" uses per-stage `norms` '
                         'instead of the classification `norm`.')
-        is_backbone = any(k.startswith(prefix + 'stages.') for k in state_dict)
+        is_backbone = bool(state_keys(state_dict, prefix, 'stages.'))
         absent = [f'norms.{s}' for s in range(NUM_STAGES)
                   if prefix + f'norms.{s}.weight' not in state_dict]
         if is_backbone and absent:
@@ -326,24 +331,34 @@ class PyramidVisionLLaMA(BaseModule):
                         'weights have no inter-stage norm); they keep weight 1, bias 0, as in '
                         "the authors' seg/det fine-tuning, and are trained from there.")
 
-    # ------------------------------------------------------------------ freezing
-    def _freeze_stages(self) -> None:
-        for s in range(max(self.frozen_stages, 0)):
-            modules = [self.patch_embeds[s], self.stages[s]]
-            modules += [getattr(self, n)[s] for n in ('pos_embeds', 'pegs') if hasattr(self, n)]
-            if self.out_type == 'featmap':
-                modules.append(self.norms[s])
+    def frozen_parts(self) -> list:
+        """Patch embedding, blocks, position embedding / PEG and output norm of the first
+        ``frozen_stages`` stages (and ``norm`` when all 4 are frozen)."""
+        parts = []
+        for s in range(self.frozen_stages):
+            parts += [self.patch_embeds[s], self.stages[s]]
+            parts += [getattr(self, n)[s] for n in ('pos_embeds', 'pegs', 'norms')
+                      if hasattr(self, n)]
             if s == NUM_STAGES - 1 and hasattr(self, 'norm'):
-                modules.append(self.norm)
-            for m in modules:
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
+                parts.append(self.norm)
+        return parts
 
-    def train(self, mode: bool = True) -> 'PyramidVisionLLaMA':
-        super().train(mode)
-        self._freeze_stages()
-        return self
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.depths)
+
+    def layer_id(self, name: str) -> Optional[int]:
+        """Blocks are numbered globally ``1..sum(depths)``; ``patch_embeds.{s}`` (and
+        ``pos_embeds.{s}``) get the depth just before the stage's first block, ``pegs.{s}``
+        the one after it; output norms (``norms``, ``norm``) come after the blocks."""
+        parts = name.split('.')
+        if parts[0] in ('patch_embeds', 'pos_embeds'):
+            return sum(self.depths[:int(parts[1])])
+        if parts[0] == 'pegs':
+            return sum(self.depths[:int(parts[1])]) + 1
+        if parts[0] == 'stages':
+            return sum(self.depths[:int(parts[1])]) + int(parts[2]) + 1
+        return None
 
     # ------------------------------------------------------------------ RoPE geometry
     def gsa_scale(self, stage: int, hw: Tuple[int, int]) -> Tuple[float, float]:
@@ -428,28 +443,3 @@ class PyramidVisionLLaMA(BaseModule):
             # (no copy; the strided conv then returns tokens that need no transpose copy)
             x = x.reshape(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
         return tuple(outs)
-
-    # ------------------------------------------------------------------ lr decay
-    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
-        """Layer id of a parameter for layer-wise lr decay (mmpretrain convention).
-
-        Blocks are numbered globally ``1..sum(depths)``; ``patch_embeds.{s}`` gets the
-        depth just before its stage's first block (``sum(depths[:s])``, 0 for the stem);
-        output norms (``norms``, ``norm``) and names outside ``prefix`` (the head) get
-        ``sum(depths) + 1``. Returns ``(layer_depth, sum(depths) + 2)``.
-        """
-        num_layers = sum(self.depths) + 2
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        name = param_name[len(prefix):]
-        parts = name.split('.')
-        if parts[0] in ('patch_embeds', 'pos_embeds'):
-            depth = sum(self.depths[:int(parts[1])])
-        elif parts[0] == 'pegs':  # after the stage's first block
-            depth = sum(self.depths[:int(parts[1])]) + 1
-        elif parts[0] == 'stages':
-            s, j = int(parts[1]), int(parts[2])
-            depth = sum(self.depths[:s]) + j + 1
-        else:
-            depth = num_layers - 1
-        return depth, num_layers

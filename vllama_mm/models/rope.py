@@ -36,6 +36,16 @@ def _pair(x) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
+def check_rope_width(width: int, what: str = 'head dim') -> int:
+    """The one check of the RoPE width: ``x x y y`` pairing needs a multiple of 4 (head
+    dims, partial rotary widths, converter ``--head-dim`` all come here)."""
+    if width <= 0:
+        raise ValueError(f'{what} {width} is not positive; 2D RoPE needs a multiple of 4')
+    if width % 4 != 0:
+        raise ValueError(f'{what} {width} is not divisible by 4, which 2D RoPE needs')
+    return width
+
+
 def rope_frequencies(head_dim: int, theta: float = 10000.0, rope_type: str = '2d') -> Tensor:
     """Per-pair frequencies ``[Hc/2]`` in the interleaved layout (``head_dim``: the
     rotated width).
@@ -43,8 +53,7 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, rope_type: str = '2d
     2D: pair j -> ``theta ** (-4 * (j // 2) / Hc)`` (x and y pairs share frequencies).
     1D: pair j -> ``theta ** (-2 * j / Hc)`` (LLaMA, over the flattened token index).
     """
-    if head_dim % 4 != 0:
-        raise ValueError(f'2D RoPE needs a head dim divisible by 4, got {head_dim}')
+    check_rope_width(head_dim)
     j = torch.arange(head_dim // 2, dtype=torch.float64)
     exponent = 2 * j if rope_type == '1d' else 4 * torch.div(j, 2, rounding_mode='floor')
     return (theta ** (-exponent / head_dim)).float()
@@ -157,8 +166,7 @@ class RoPE2D(nn.Module):
         super().__init__()
         if rope_type not in ROPE_TYPES:
             raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
-        if head_dim % 4 != 0:
-            raise ValueError(f'2D RoPE needs a head dim divisible by 4, got head dim {head_dim}')
+        check_rope_width(head_dim)
         if rope_type in ('as2d', 'ntk') and anchor_hw is None:
             raise ValueError(f"rope_type={rope_type!r} needs the anchor (pre-training) grid")
         if not theta > 0:  # theta 0 gives NaN angles, negative ones complex frequencies
@@ -166,9 +174,9 @@ class RoPE2D(nn.Module):
         if anchor_hw is not None and min(_pair(anchor_hw)) <= 0:
             raise ValueError(f'RoPE anchor grid must be positive, got {anchor_hw}')
         rotary_dim = head_dim if rotary_dim is None else int(rotary_dim)
-        if not 0 < rotary_dim <= head_dim or rotary_dim % 4 != 0:
-            raise ValueError(f'RoPE rotary_dim must be a multiple of 4 in (0, {head_dim}] '
-                             f'(the x x y y pairing), got {rotary_dim}')
+        if rotary_dim > head_dim:
+            raise ValueError(f'RoPE rotary_dim must be in (0, {head_dim}], got {rotary_dim}')
+        check_rope_width(rotary_dim, 'rotary_dim')
         if not ntk_factor > 0:
             raise ValueError(f'RoPE ntk_factor must be > 0, got {ntk_factor}')
         self.rotary_dim = rotary_dim

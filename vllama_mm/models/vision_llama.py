@@ -2,18 +2,15 @@
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from ..engine.validate import check_backbone_args, guard_traced_size
+from .ablations import AbsPosEmbed, build_norm, mlp_hidden, rope_rotary_dim
 from .attention import check_heads
-from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
-                             resolve_arch, resolve_out_indices, run_block, cp_mode)
-from .ablations import (ABS_POS_TYPES, AbsPosEmbed, build_norm, check_choice, mlp_hidden,
-                        rope_rotary_dim)
+from .backbone_utils import cp_mode, resolve_arch, run_block
+from .base import (VisionLLaMABackbone, guard_traced_size, need_bool, need_int, need_rate,
+                   need_real, need_size, resolve_out_indices, state_keys)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
-from .rope import PREFIX_MODES, ROPE_TYPES, RoPE2D, _pair
+from .rope import PREFIX_MODES, RoPE2D, _pair
 
 
 def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn_ratio: float = 8 / 3,
@@ -23,7 +20,7 @@ def _arch(embed_dims: int, num_layers: int, num_heads: int, ffn_ratio: float = 8
                 layer_scale_init=layer_scale_init, ffn_bias=ffn_bias)
 
 
-class VisionLLaMA(BaseModule):
+class VisionLLaMA(VisionLLaMABackbone):
     """Plain VisionLLaMA: patch embed, optional class token, L pre-norm RoPE/SwiGLU blocks.
 
     No absolute position embedding: positions enter through 2D RoPE, auto-scaled
@@ -99,6 +96,7 @@ class VisionLLaMA(BaseModule):
     essential_keys = ('embed_dims', 'num_layers', 'num_heads')
     arch_defaults = dict(feedforward_channels=None, layer_scale_init=0.0, ffn_bias=False)
     OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+    NEW_TASK_TENSORS = ('ln2.', )  # the output norm after pooling (avg_featmap)
     num_extra_tokens: int
 
     def __init__(self,
@@ -135,56 +133,41 @@ class VisionLLaMA(BaseModule):
                  drop_path_per_window: bool = False,
                  init_cfg: Optional[Union[Dict, List[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
-        self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
-                                          self.arch_defaults, type(self).__name__)
-        a = self.arch_settings
-        check_backbone_args(type(self).__name__, locals(), a, a['num_layers'])
-        for key in self.essential_keys:  # no silent int() truncation of 2.5 heads
-            if isinstance(a[key], bool) or not isinstance(a[key], int) or a[key] <= 0:
-                raise ValueError(f'{type(self).__name__}: arch {key!r} must be a positive '
-                                 f'int, got {a[key]!r}')
+        owner = type(self).__name__
+        self.arch_settings = a = resolve_arch(arch, self.arch_zoo, self.essential_keys,
+                                              self.arch_defaults, owner)
+        self.embed_dims, self.num_layers, self.num_heads = (
+            need_int(owner, f'arch {k!r}', a[k], 1) for k in self.essential_keys)
+        head_dim = check_heads(self.embed_dims, self.num_heads)
         ffn = a['feedforward_channels']
         if ffn is not None and (isinstance(ffn, bool) or not isinstance(ffn, int) or ffn <= 0):
-            raise ValueError(f'{type(self).__name__}: arch feedforward_channels must be None '
+            raise ValueError(f'{owner}: arch feedforward_channels must be None '
                              f'or a positive int, got {ffn!r}')
-        self.embed_dims = int(a['embed_dims'])
-        self.num_layers = int(a['num_layers'])
-        self.num_heads = int(a['num_heads'])
-        head_dim = check_heads(self.embed_dims, self.num_heads)
-        check_choice('norm_type', norm_type, ('ln', 'rmsnorm'))
-        if not isinstance(rope_shared, bool):
-            raise ValueError(f'rope_shared must be True or False, got {rope_shared!r}')
-        check_choice('abs_pos_embed', abs_pos_embed, ABS_POS_TYPES)
-        ffn_hidden = mlp_hidden(mlp_type, self.embed_dims,
-                                a['feedforward_channels'] or swiglu_hidden(self.embed_dims))
-        rotary_dim = rope_rotary_dim(rope_ratio, head_dim)
+        ffn_hidden = mlp_hidden(mlp_type, self.embed_dims, ffn or swiglu_hidden(self.embed_dims))
         self.norm_type = norm_type
 
-        if out_type not in self.OUT_TYPES:
-            raise ValueError(f'out_type must be one of {self.OUT_TYPES}, got {out_type!r}')
+        self.setup_out_type(out_type)
+        self.with_cls_token = need_bool(owner, 'with_cls_token', with_cls_token)
         if out_type == 'cls_token' and not with_cls_token:
             raise ValueError('out_type="cls_token" needs with_cls_token=True')
         if cls_token_rope not in PREFIX_MODES:
             raise ValueError(f'cls_token_rope must be one of {PREFIX_MODES}, '
                              f'got {cls_token_rope!r}')
-        if rope_type not in ROPE_TYPES:
-            raise ValueError(f'rope_type must be one of {ROPE_TYPES}, got {rope_type!r}')
-        self.out_type = out_type
-        self.with_cls_token = with_cls_token
         self.num_extra_tokens = int(with_cls_token)
         self.cls_token_rope = cls_token_rope
 
-        self.img_size = _pair(img_size)
-        self.patch_size = int(patch_size)
-        if self.patch_size <= 0:
-            raise ValueError(f'patch_size must be positive, got {patch_size}')
+        self.img_size = need_size(owner, 'img_size', img_size)
+        self.patch_size = need_int(owner, 'patch_size', patch_size, 1)
         if min(self.img_size) < self.patch_size:
             raise ValueError(f'img_size {self.img_size} is smaller than patch_size {patch_size}')
         anchor = rope_anchor or tuple(-(-s // self.patch_size) for s in self.img_size)
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, self.patch_size)
-        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type, rope_theta,
-                           rotary_dim=rotary_dim, num_heads=self.num_heads,
-                           shared=rope_shared, ntk_factor=rope_ntk_factor)
+        self.rope = RoPE2D(head_dim, _pair(anchor), rope_type,
+                           need_real(owner, 'rope_theta', rope_theta, positive=True),
+                           rotary_dim=rope_rotary_dim(rope_ratio, head_dim),
+                           num_heads=self.num_heads,
+                           shared=need_bool(owner, 'rope_shared', rope_shared),
+                           ntk_factor=rope_ntk_factor)
 
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
@@ -194,71 +177,63 @@ class VisionLLaMA(BaseModule):
             self.pos_embed = AbsPosEmbed(abs_pos_embed, self.embed_dims, _pair(anchor),
                                          num_prefix=self.num_extra_tokens)
 
-        self.out_indices = resolve_out_indices(out_indices, self.num_layers, 'layers')
+        self.out_indices = resolve_out_indices(owner, out_indices, self.num_layers, 'layers')
 
         # windows (ViTDet)
-        if window_size < 0:
-            raise ValueError(f'window_size must be >= 0 (0: global attention), got {window_size}')
+        self.window_size = need_int(owner, 'window_size', window_size, 0)
         if isinstance(global_attn_indexes, str) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in global_attn_indexes):
             raise TypeError(f'global_attn_indexes must be a sequence of ints, '
                             f'got {global_attn_indexes!r}')
-        self.window_size = int(window_size)
-        self.global_attn_indexes = [int(i) % self.num_layers for i in global_attn_indexes]
         if self.window_size > 0 and with_cls_token:
             raise ValueError('window attention (window_size > 0) needs with_cls_token=False')
         for i in global_attn_indexes:
             if not -self.num_layers <= i < self.num_layers:
                 raise ValueError(f'global_attn_indexes {i} is out of range for '
                                  f'{self.num_layers} layers')
+        self.global_attn_indexes = [int(i) % self.num_layers for i in global_attn_indexes]
 
-        check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                    drop_path_rate=drop_path_rate)
         if drop_path_per_window is True and self.window_size == 0:
             raise ValueError('drop_path_per_window=True samples drop path per attention '
                              'window and needs window attention: set window_size > 0, or '
                              'drop_path_per_window=False')
-        dpr = drop_path_rates(drop_path_rate, self.num_layers, drop_path_schedule)
+        dpr = drop_path_rates(need_rate('drop_path_rate', drop_path_rate), self.num_layers,
+                              drop_path_schedule)
+        norm_eps = need_real(owner, 'norm_eps', norm_eps, positive=True)
+        layer_scale_init = need_real(owner, 'arch.layer_scale_init', a['layer_scale_init'])
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             windowed = self.window_size > 0 and i not in self.global_attn_indexes
             self.layers.append(
                 VisionLLaMABlock(
-                    self.embed_dims, self.num_heads, ffn_hidden, qkv_bias=qkv_bias,
-                    ffn_bias=a['ffn_bias'], layer_scale_init=a['layer_scale_init'],
-                    drop_path=dpr[i], attn_drop=attn_drop_rate, drop=drop_rate,
+                    self.embed_dims, self.num_heads, ffn_hidden,
+                    qkv_bias=need_bool(owner, 'qkv_bias', qkv_bias),
+                    ffn_bias=need_bool(owner, 'arch.ffn_bias', a['ffn_bias']),
+                    layer_scale_init=layer_scale_init, drop_path=dpr[i],
+                    attn_drop=need_rate('attn_drop_rate', attn_drop_rate),
+                    drop=need_rate('drop_rate', drop_rate),
                     norm_eps=norm_eps, window_size=self.window_size if windowed else 0,
-                    window_pad_mask=window_pad_mask, mlp_type=mlp_type,
-                    norm_type=norm_type, drop_path_branches=drop_path_branches,
+                    window_pad_mask=need_bool(owner, 'window_pad_mask', window_pad_mask),
+                    mlp_type=mlp_type, norm_type=norm_type,
+                    drop_path_branches=drop_path_branches,
                     drop_path_per_window=drop_path_per_window))
         self.with_cp = cp_mode(with_cp)
         self.drop_after_pos = nn.Dropout(drop_rate)
 
-        self.final_norm = final_norm
+        self.final_norm = need_bool(owner, 'final_norm', final_norm)
         if final_norm:
             self.ln1 = build_norm(norm_type, self.embed_dims, norm_eps)
         if out_type == 'avg_featmap':
             self.ln2 = build_norm(norm_type, self.embed_dims, norm_eps)
+        self.setup_frozen(frozen_stages, self.num_layers)
 
-        if not -1 <= frozen_stages <= self.num_layers:
-            raise ValueError(f'frozen_stages must be in [-1, {self.num_layers}], '
-                             f'got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self._register_load_state_dict_pre_hook(self._prepare_checkpoint)
-        if frozen_stages > 0:
-            self._freeze_stages()
+    # ------------------------------------------------------------------ base hooks
+    def init_extra(self) -> None:
+        if self.with_cls_token:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    # ------------------------------------------------------------------ init / loading
-    def init_weights(self) -> None:
-        if not is_pretrained(self.init_cfg):
-            self.apply(init_module)
-            if self.with_cls_token:
-                nn.init.trunc_normal_(self.cls_token, std=0.02)
-        super().init_weights()
-
-    def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
+    def drop_unused(self, state_dict, prefix, logger) -> None:
         """Drop checkpoint entries this backbone has no use for, saying why."""
-        logger = MMLogger.get_current_instance()
         key = prefix + 'pos_embed'
         if key in state_dict and self.abs_pos_embed is None:
             del state_dict[key]
@@ -269,36 +244,33 @@ class VisionLLaMA(BaseModule):
             del state_dict[key]
             logger.info(f'{key}: dropped. This backbone has with_cls_token=False.')
         if not self.final_norm:
-            for name in [k for k in state_dict if k.startswith(prefix + 'ln1.')]:
+            for name in state_keys(state_dict, prefix, 'ln1.'):
                 del state_dict[name]
                 logger.info(f'{name}: dropped. This backbone has final_norm=False.')
-        check_checkpoint_shapes(self, state_dict, prefix)
 
-    # ------------------------------------------------------------------ freezing
-    def _freeze_module(self, m: nn.Module) -> None:
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad = False
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages <= 0:
-            return
-        self._freeze_module(self.patch_embed)
+    def frozen_parts(self) -> list:
+        """Patch embed, position embedding, class token, the first N blocks (and the
+        final norms when all are frozen)."""
+        parts = [self.patch_embed] + list(self.layers[:self.frozen_stages])
         if self.abs_pos_embed is not None:
-            self._freeze_module(self.pos_embed)
+            parts.append(self.pos_embed)
         if self.with_cls_token:
-            self.cls_token.requires_grad = False
-        for i in range(self.frozen_stages):
-            self._freeze_module(self.layers[i])
+            parts.append(self.cls_token)
         if self.frozen_stages == self.num_layers:
-            for name in ('ln1', 'ln2'):
-                if hasattr(self, name):
-                    self._freeze_module(getattr(self, name))
+            parts += [getattr(self, n) for n in ('ln1', 'ln2') if hasattr(self, n)]
+        return parts
 
-    def train(self, mode: bool = True) -> 'VisionLLaMA':
-        super().train(mode)
-        self._freeze_stages()
-        return self
+    @property
+    def num_blocks(self) -> int:
+        return self.num_layers
+
+    def layer_id(self, name: str) -> Optional[int]:
+        """Embeddings -> 0, block i -> i + 1, everything after the blocks -> None."""
+        if name == 'cls_token' or name.startswith(('pos_embed', 'patch_embed')):
+            return 0
+        if name.startswith('layers.'):
+            return int(name.split('.')[1]) + 1
+        return None
 
     # ------------------------------------------------------------------ forward
     def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
@@ -347,23 +319,3 @@ class VisionLLaMA(BaseModule):
             B, _, C = patch_tokens.shape
             return patch_tokens.transpose(1, 2).reshape(B, C, *hw)
         return self.ln2(patch_tokens.mean(dim=1))  # avg_featmap
-
-    # ------------------------------------------------------------------ lr decay
-    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
-        """Layer id of a parameter for layer-wise lr decay (mmpretrain convention).
-
-        Embeddings -> 0, block i -> i + 1, everything after the blocks -> L + 1;
-        returns ``(layer_depth, L + 2)``. Names outside ``prefix`` belong to the head.
-        """
-        num_layers = self.num_layers + 2
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        name = param_name[len(prefix):]
-        if name == 'cls_token' or name.startswith(('pos_embed', 'patch_embed')):
-            depth = 0
-        elif name.startswith('layers.'):
-            depth = int(name.split('.')[1]) + 1
-        else:
-            depth = num_layers - 1
-        return depth, num_layers
-

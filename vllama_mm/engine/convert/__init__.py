@@ -1,6 +1,7 @@
 """Convert the released VisionLLaMA checkpoints into vllama_mm's layout, and back.
 
-Layouts (each one key table driving both directions, see :mod:`.keymap`):
+Layouts (each a pair of plain key tables, official -> ours and back, beside the functions
+that read the backbone config off the shapes):
 
 * ``'mae'`` (:mod:`.plain`): the MAE pre-training weights (VisionLLaMA-Base-MAE 800/1600
   ep, Large-MAE 800 ep), ``{'state_dict': {'backbone.*', 'neck.*', 'head.*'}}``. Names
@@ -12,8 +13,9 @@ Layouts (each one key table driving both directions, see :mod:`.keymap`):
   ``blocks.i``, ``norm``, ``head``); ``rope='2d'`` or ``'as2d'`` picks which of the
   authors' two RoPE variants the weights were trained with.
 
-Modules: :mod:`.files` (safe loading, saving, printing), :mod:`.keymap` (the table
-engine), :mod:`.plain` / :mod:`.pyramid` (tables and the model each implies),
+Modules: :mod:`.files` (safe loading, saving, printing), :mod:`.layout` (renaming by a
+table, fusing and splitting row blocks), :mod:`.plain` / :mod:`.pyramid` (the tables
+and the model each implies),
 :mod:`.detect` (which layout; what a non-convertible file is), :mod:`.check` (the exact
 key/shape check against the target model built on the ``meta`` device).
 
@@ -27,16 +29,15 @@ from torch import Tensor
 
 from .check import build_backbone, check_against_model
 from .common import ConversionError, Converted, StateDict
-from .detect import (LAYOUTS, RECOGNISERS, detect_format, layout, recognise,
-                     register_layout, register_recogniser)
+from .detect import LAYOUTS, detect_format, layout, recognise, register_layout
 from .files import format_backbone_cfg, load_official, save_converted
 from .plain import ROPE_CHOICES
 
 __all__ = [
-    'ConversionError', 'Converted', 'LAYOUTS', 'RECOGNISERS', 'ROPE_CHOICES',
+    'ConversionError', 'Converted', 'LAYOUTS', 'ROPE_CHOICES',
     'build_backbone', 'check_against_model', 'convert_checkpoint', 'detect_format',
     'format_backbone_cfg', 'layout', 'load_official', 'recognise', 'register_layout',
-    'register_recogniser', 'save_converted', 'to_official'
+    'save_converted', 'to_official'
 ]
 
 
@@ -54,7 +55,8 @@ def convert_checkpoint(ckpt: Any, head_dim: Optional[int] = None, check: bool = 
     """
     fmt, sd = detect_format(ckpt)
     given = {k: v for k, v in options.items() if v is not None}
-    conv = layout(fmt).convert(sd, head_dim=head_dim or 0, **given)
+    lay = layout(fmt)
+    conv = lay.convert(sd, head_dim=head_dim or lay.head_dim, **given)
     if check:
         check_against_model(conv)
     return conv

@@ -3,6 +3,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ...models.weights import compare
 from .common import ConversionError, Converted, listing
 
 
@@ -22,21 +23,30 @@ def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Mod
 
 
 def check_against_model(conv: Converted) -> None:
-    """The converted backbone keys must equal the target model's, shapes included."""
+    """The converted backbone keys must equal the target model's, shapes included; errors
+    name the official key the tensor came from."""
+    from .detect import layout
     try:
         model = build_backbone(conv.backbone)
     except (ValueError, TypeError) as e:
         raise ConversionError(f'the {conv.fmt} weights imply a backbone that cannot be '
                               f'built ({conv.backbone}): {e}') from e
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k[len('backbone.'):]: tuple(v.shape) for k, v in conv.state_dict.items()
+    have = {k[len('backbone.'):]: v for k, v in conv.state_dict.items()
             if k.startswith('backbone.')}
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    bad = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-    if missing or extra or bad:
-        raise ConversionError(
-            f'converted {conv.fmt} weights do not fit {conv.backbone["type"]}'
-            f'(arch={conv.backbone.get("arch")!r}): missing {listing(missing)}; '
-            f'unexpected {listing(extra)}; shape mismatch '
-            f'{listing(f"{k} {have[k]} vs {want[k]}" for k in bad)}')
+    own = model.state_dict()
+    missing, bad, extra = compare(own, have)
+    name = lambda k: repr(layout(conv.fmt).official_name('backbone.' + k))  # noqa: E731
+    if missing:
+        raise ConversionError(f'{conv.fmt} checkpoint: missing expected key '
+                              f'{name(missing[0])}' + (f' (and {len(missing) - 1} more: '
+                                                       f'{listing(missing[1:])})'
+                                                       if len(missing) > 1 else ''))
+    if bad:
+        k = bad[0].split(' ', 1)[0]
+        raise ConversionError(f'{conv.fmt} checkpoint: {name(k)} has shape '
+                              f'{tuple(have[k].shape)}, expected {tuple(own[k].shape)}')
+    if extra:
+        raise ConversionError(f'{conv.fmt} checkpoint: unrecognised keys '
+                              f'{listing([name(k) for k in extra])} for '
+                              f'{conv.backbone["type"]}(arch={conv.backbone.get("arch")!r}) '
+                              '(optional weights must be in every layer or in none)')

@@ -5,6 +5,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from torch import Tensor
 
+from ...models.rope import check_rope_width
+
 StateDict = Dict[str, Tensor]
 _MAX_LISTED = 8
 
@@ -58,7 +60,8 @@ def heads(dim: int, head_dim: int, where: str) -> int:
     if head_dim <= 0 or dim % head_dim:
         raise ConversionError(f'{where}: width {dim} is not divisible by the head dim '
                               f'{head_dim}; pass the right --head-dim')
-    if head_dim % 4:
-        raise ConversionError(f'{where}: head dim {head_dim} is not divisible by 4, which '
-                              '2D RoPE needs')
+    try:
+        check_rope_width(head_dim)
+    except ValueError as e:
+        raise ConversionError(f'{where}: {e}') from e
     return dim // head_dim

@@ -1,14 +1,16 @@
 """Which layout is this checkpoint? Known layouts first, then known non-layouts.
 
 ``LAYOUTS`` is tried in order; other modules add theirs with :func:`register_layout`.
-``RECOGNISERS`` name checkpoints that are not convertible (already in vllama_mm's layout,
-or another model's weights) so the user reads what the file is instead of a key error;
-add more with :func:`register_recogniser`.
+Checkpoints that are not convertible (already in vllama_mm's layout, or another model's
+weights) are named by the package's one file recogniser
+(:func:`vllama_mm.models.weights.recognise`), so the user reads what the file is
+instead of a key error.
 """
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from torch import Tensor
 
+from ...models.weights import LOAD_DIRECTLY, recognise
 from .common import ConversionError, listing
 from .layout import Layout
 from .plain import DEIT3, MAE
@@ -16,50 +18,11 @@ from .pyramid import PYRAMID
 
 LAYOUTS: List[Layout] = [MAE, PYRAMID, DEIT3]
 
-# (predicate over a state dict, what it is and what to do instead)
-Recogniser = Tuple[Callable[[Mapping[str, Tensor]], bool], str]
-
-_LOAD_DIRECTLY = ('load it directly, e.g. backbone init_cfg=dict(type=\'Pretrained\', '
-                  'checkpoint=..., prefix=\'backbone.\') or load_from=...')
-
-
-def _any(sd: Mapping[str, Tensor], *parts: str) -> bool:
-    return any(all(p in k for p in parts) for k in sd)
-
-
-RECOGNISERS: List[Recogniser] = [
-    (lambda sd: _any(sd, 'backbone.stages.', '.ffn.w12.') and _any(sd, 'backbone.patch_embeds.'),
-     'a vllama_mm PyramidVisionLLaMA checkpoint (already in this plugin\'s layout): '
-     'nothing to convert; ' + _LOAD_DIRECTLY),
-    (lambda sd: _any(sd, 'backbone.layers.', '.ffn.w12.'),
-     'a vllama_mm VisionLLaMA checkpoint (already in this plugin\'s layout, e.g. one of '
-     'your training runs): nothing to convert; ' + _LOAD_DIRECTLY),
-    (lambda sd: _any(sd, 'backbone.layers.', '.ffn.layers.0.0.'),
-     'an mmpretrain VisionTransformer (ViT/DeiT/MAE-ViT) checkpoint: another model '
-     '(GELU MLP, absolute position embedding), not VisionLLaMA weights; use it with '
-     "mmpretrain's VisionTransformer"),
-    (lambda sd: _any(sd, 'blocks.', '.mlp.fc1.') and _any(sd, 'pos_block.'),
-     'a Twins (PCPVT/SVT) checkpoint: another model (GELU MLP, PEG position encoding), '
-     'not Pyramid-VisionLLaMA weights'),
-    (lambda sd: _any(sd, 'blocks.', '.mlp.fc1.') and _any(sd, 'patch_embed.proj.'),
-     'a timm/DeiT VisionTransformer checkpoint: another model (GELU MLP), not '
-     'VisionLLaMA weights'),
-    (lambda sd: _any(sd, 'relative_position_bias_table'),
-     'a Swin-style checkpoint (relative position bias tables): another model, not '
-     'VisionLLaMA weights'),
-]
-
-
 def register_layout(layout: Layout, first: bool = False) -> None:
     """Add a layout to detection (``first``: before the built-in ones)."""
     if any(x.name == layout.name for x in LAYOUTS):
         raise ValueError(f'a layout named {layout.name!r} is already registered')
     LAYOUTS.insert(0, layout) if first else LAYOUTS.append(layout)
-
-
-def register_recogniser(predicate: Callable[[Mapping[str, Tensor]], bool], what: str) -> None:
-    """Name another kind of checkpoint that cannot be converted."""
-    RECOGNISERS.append((predicate, what))
 
 
 def layout(name: str) -> Layout:
@@ -112,19 +75,15 @@ def detect_format(ckpt: Any) -> Tuple[str, Dict[str, Tensor]]:
             'unrecognised checkpoint: no dict of tensors found under state_dict/model/'
             f'module or at the top level; top-level keys: {listing(ckpt.keys())}')
     for where, sd in seen:
-        what = recognise(sd)
-        if what:
+        kind = recognise(sd)
+        if kind is not None and not kind[0].startswith('official-'):
+            advice = {'vllama_mm-pyramid': 'nothing to convert; ' + LOAD_DIRECTLY,
+                      'vllama_mm-plain': 'nothing to convert; ' + LOAD_DIRECTLY,
+                      'mmpretrain-vit': "use it with mmpretrain's VisionTransformer"}
             raise ConversionError(f'not a checkpoint to convert: the weights under {where} '
-                                  f'are {what}')
+                                  f'are {kind[1]}' + (f'; {advice[kind[0]]}'
+                                                      if kind[0] in advice else ''))
     where, sd = seen[0]
     known = '; '.join(f'{x.name} ({x.description})' for x in LAYOUTS)
     raise ConversionError(f'unrecognised checkpoint layout (weights under {where}: '
                           f'{listing(sd.keys())}); known layouts: {known}')
-
-
-def recognise(sd: Mapping[str, Tensor]) -> Optional[str]:
-    """What a non-convertible state dict is, or None."""
-    for predicate, what in RECOGNISERS:
-        if predicate(sd):
-            return what
-    return None

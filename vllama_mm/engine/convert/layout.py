@@ -1,64 +1,153 @@
-"""A checkpoint layout: its key table, how to recognise it, and what model it implies."""
+"""A checkpoint layout as a plain key table (``(official, ours)`` template rows serving
+both directions, as timm's ``checkpoint_filter_fn`` tables) and the two steps around
+it: fusing official tensors that are one tensor here (SwiGLU ``c_fc1|c_fc2 -> w12``, a
+global GSA ``q|kv -> qkv``) and splitting them back."""
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from .common import ConversionError, Converted, StateDict, listing
-from .keymap import Group, to_official, to_ours
+
+#: ``(official key, our key)`` templates: one row serves both directions. A ``{name}``
+#: field matches :data:`FIELDS` ``[name]`` and is copied to the other side.
+Table = Sequence[Tuple[str, str]]
+FIELDS = dict(i=r'\d+', j=r'\d+', s=r'\d+', n='[12]', w='weight|bias',
+              a='qkv|q|kv|sr|norm|proj', m='ln1|ln2|attn\\.qkv|attn\\.proj|ffn\\.w12|ffn\\.w3')
+
+
+def _regex(template: str) -> str:
+    parts = re.split(r'\{(\w+)\}', template)  # literal, field, literal, ...
+    return ''.join(re.escape(p) if k % 2 == 0 else f'(?P<{p}>{FIELDS[p]})'
+                   for k, p in enumerate(parts))
+
+
+def rename(key: str, table: Table, to_official: bool = False) -> Optional[str]:
+    """``key`` through the first row of ``table`` that matches it whole (official ->
+    ours, or ours -> official), or None."""
+    for official, ours in table:
+        src, dst = (ours, official) if to_official else (official, ours)
+        m = re.fullmatch(_regex(src), key)
+        if m:
+            return dst.format(**m.groupdict())
+    return None
+
+
+def fuse(sd: Mapping[str, Tensor], first: str, second: str, fused: str,
+         when: Callable[[str], bool] = lambda k: True) -> StateDict:
+    """Keys containing ``first`` and their ``second`` twins (where ``when(key)``) become
+    one tensor (rows first | second) under the key with ``fused``; the rest stays."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        part = first if first in k else second if second in k else None
+        if part is None or not when(k):
+            out[k] = v
+            continue
+        twin = k.replace(part, second if part == first else first)
+        if twin not in sd:
+            raise ConversionError(f'{listing([k, twin])} must be present together')
+        if part == first:
+            out[k.replace(first, fused)] = torch.cat([v, sd[twin]], dim=0)
+    return out
+
+
+def unfuse(sd: Mapping[str, Tensor], fused: str, first: str, second: str,
+           rows: Callable[[Tensor], int], when: Callable[[str], bool] = lambda k: True
+           ) -> StateDict:
+    """Inverse of :func:`fuse`: the first ``rows(tensor)`` rows go to ``first``."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        if fused in k and when(k):
+            n = rows(v)
+            out[k.replace(fused, first)], out[k.replace(fused, second)] = v[:n], v[n:]
+        else:
+            out[k] = v
+    return out
+
+
+def indices(keys, rx: str, fmt: str) -> List[Tuple[int, ...]]:
+    """Index tuples captured by ``rx`` (sorted); each level must count 0..n-1."""
+    found = sorted({tuple(int(g) for g in m.groups()) for k in keys
+                    for m in [re.match(rx, k)] if m})
+
+    def check(level: List[Tuple[int, ...]]) -> None:
+        if not level or not level[0]:
+            return
+        heads = sorted({t[0] for t in level})
+        if heads != list(range(len(heads))):
+            raise ConversionError(f'{fmt} checkpoint: indices matched by {rx!r} are not '
+                                  f'contiguous from 0: {heads}')
+        for h in heads:
+            check([t[1:] for t in level if t[0] == h])
+
+    check(found)
+    return found
 
 
 @dataclass(frozen=True)
 class Layout:
     """One official checkpoint layout.
 
-    Attributes:
-        name: format name (``meta['vllama_mm']['format']``).
-        description: what produces such files, for messages.
-        groups: the key table (see :mod:`.keymap`).
-        detect: True when a state dict is in this layout.
-        finish: ``finish(mapped, source_sd, notes, head_dim=..., **options) -> Converted``;
-            turns the table's symbols and flags into the backbone config.
-        container: where the official weights live (``'model'`` / ``'state_dict'``).
-        head_dim: default channels per head (not stored in the weights).
-        drops: ``(official key, reason)`` for keys that are read and discarded.
-        passthrough: official key prefixes kept unchanged (e.g. the MAE decoder).
-        ignore: official key prefixes discarded with a note.
+    ``convert(sd, head_dim=..., **options) -> Converted`` maps its keys (every key
+    accounted for) and reads the backbone config off the shapes; ``to_official`` is the
+    inverse; ``official_name(our_key)`` names the official source of one of our keys
+    (for the shape check's messages).
     """
     name: str
     description: str
-    groups: Tuple[Group, ...]
     detect: Callable[[Mapping[str, Tensor]], bool]
-    finish: Callable[..., Converted]
+    convert: Callable[..., Converted]
+    to_official: Callable[[Mapping[str, Tensor]], StateDict]
+    official_name: Callable[[str], str]
     container: str = 'model'
     head_dim: int = 64
-    drops: Tuple[Tuple[str, str], ...] = ()
-    passthrough: Tuple[str, ...] = ()
-    ignore: Tuple[str, ...] = ()
 
-    def convert(self, sd: Mapping[str, Tensor], head_dim: int = 0, **options: Any) -> Converted:
-        """Official weights -> :class:`Converted` (every key accounted for)."""
-        mapped = to_ours(sd, self.groups, self.name)
-        notes = []
-        for key, reason in self.drops:
-            if key in sd:
-                mapped.used.add(key)
-                notes.append(f'dropped {key} {tuple(sd[key].shape)}: {reason}')
-        for k in sd:
-            if k.startswith(self.passthrough) and self.passthrough:
-                mapped.state_dict[k] = sd[k]
-                mapped.used.add(k)
-        ignored = [k for k in sd if self.ignore and k.startswith(self.ignore)]
-        if ignored:
-            mapped.used.update(ignored)
-            notes.append(f'dropped {listing(ignored)}')
-        left = [k for k in sd if k not in mapped.used]
-        if left:
-            raise ConversionError(f'{self.name} checkpoint: unrecognised keys {listing(left)} '
-                                  '(not part of the official layout this converter knows)')
-        return self.finish(mapped, sd, notes, head_dim=head_dim or self.head_dim, **options)
 
-    def to_official(self, sd: Mapping[str, Tensor]) -> StateDict:
-        """Our weights -> the official layout (the content of ``container``)."""
-        return to_official(sd, self.groups, self.name, self.passthrough)
+def apply_table(sd: Mapping[str, Tensor], table: Table, fmt: str,
+                drops: Mapping[str, str] = {}, keep: Sequence[str] = (),
+                ignore: Sequence[str] = ()) -> Tuple[StateDict, List[str]]:
+    """Rename every key by ``table``; ``drops``: official key -> why it is discarded;
+    ``keep``: prefixes passed through unchanged; ``ignore``: prefixes discarded with a
+    note. Any other key is an error naming it. Returns ``(state dict, notes)``."""
+    out, notes, left, ignored = OrderedDict(), [], [], []
+    for k, v in sd.items():
+        if k in drops:
+            notes.append(f'dropped {k} {tuple(v.shape)}: {drops[k]}')
+        elif keep and k.startswith(tuple(keep)):
+            out[k] = v
+        elif ignore and k.startswith(tuple(ignore)):
+            ignored.append(k)
+        else:
+            new = rename(k, table)
+            if new is None:
+                left.append(k)
+            else:
+                out[new] = v
+    if left:
+        raise ConversionError(f'{fmt} checkpoint: unrecognised keys {listing(left)} '
+                              '(not part of the official layout this converter knows)')
+    if ignored:
+        notes.append(f'dropped {listing(ignored)}')
+    return out, notes
 
+
+def back(sd: Mapping[str, Tensor], table: Table, fmt: str,
+         keep: Sequence[str] = ()) -> StateDict:
+    """Our keys -> official keys by ``table`` (``keep``: prefixes passed through)."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        new = k if keep and k.startswith(tuple(keep)) else rename(k, table, True)
+        if new is None:
+            raise ConversionError(f'no official {fmt} name for {k!r}')
+        out[new] = v
+    return out
+
+
+def options_none(fmt: str, options: Mapping[str, Any]) -> None:
+    """Layouts without options refuse them (e.g. ``--rope`` on a pyramid file)."""
+    if options:
+        raise ConversionError(f'{fmt} checkpoints take no {", ".join("--" + k for k in options)}'
+                              ' option')

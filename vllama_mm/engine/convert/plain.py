@@ -1,97 +1,62 @@
 """Plain VisionLLaMA layouts: the released MAE weights and the DeiT3-style supervised code.
 
-Both map onto :class:`~vllama_mm.models.VisionLLaMA` (``backbone.layers.{i}``). The
-per-block table of the authors' supervised code (``norm1``, ``mlp.c_fc1``, ``gamma_1``,
-...) is shared with the pyramid layout (:data:`BLOCK`).
+Both map onto :class:`~vllama_mm.models.VisionLLaMA` (``backbone.layers.{i}``). Each is
+one key table of ``(official, ours)`` rows read in both directions; the SwiGLU gate and up
+projections ``c_fc1``/``c_fc2`` of the authors' supervised code are one ``w12`` here.
 """
-from typing import Any, List, Mapping
+from typing import Any, Dict, Mapping, Union
 
 from torch import Tensor
 
-from .common import ConversionError, Converted, heads
-from .keymap import Group, Mapped, Variant, prefixed, rule
-from .layout import Layout
+from .common import ConversionError, Converted, StateDict, heads
+from .layout import (Layout, apply_table, back, fuse, indices, options_none, rename,
+                     unfuse)
 
 ROPE_CHOICES = ('2d', 'as2d')
 
-# one block of the authors' DeiT/Twins training code (ours <- theirs), prefix-free
-BLOCK = (
-    rule('ln1.weight', 'norm1.weight', ('d', )),
-    rule('ln1.bias', 'norm1.bias', ('d', )),
-    rule('ln2.weight', 'norm2.weight', ('d', )),
-    rule('ln2.bias', 'norm2.bias', ('d', )),
-    rule('attn.proj.weight', 'attn.proj.weight', ('d', 'd')),
-    rule('attn.proj.bias', 'attn.proj.bias', ('d', )),
-    rule('ffn.w12.weight', ('mlp.c_fc1.weight', 'mlp.c_fc2.weight'), ('h', 'd'), ('h', 'd')),
-    rule('ffn.w12.bias', ('mlp.c_fc1.bias', 'mlp.c_fc2.bias'), ('h', ), ('h', ),
-         flag='ffn_bias'),
-    rule('ffn.w3.weight', 'mlp.c_proj.weight', ('d', 'h')),
-    rule('ffn.w3.bias', 'mlp.c_proj.bias', ('d', ), flag='ffn_bias'),
-    rule('ls1.weight', 'gamma_1', ('d', ), flag='layer_scale'),
-    rule('ls2.weight', 'gamma_2', ('d', ), flag='layer_scale'),
+# --- DeiT3-style supervised code (``model`` dict): (official, ours) -----------------
+# ``norm`` is our final ``ln1`` for a class-token model (norm(x)[:, 0]) and ``ln2`` for a
+# pooled one (norm(mean(x))); converting picks the row that fits the file.
+DEIT3_TABLE = (
+    ('patch_embed.proj.{w}', 'backbone.patch_embed.projection.{w}'),
+    ('cls_token', 'backbone.cls_token'),
+    ('blocks.{i}.norm{n}.{w}', 'backbone.layers.{i}.ln{n}.{w}'),
+    ('blocks.{i}.attn.qkv.{w}', 'backbone.layers.{i}.attn.qkv.{w}'),
+    ('blocks.{i}.attn.proj.{w}', 'backbone.layers.{i}.attn.proj.{w}'),
+    ('blocks.{i}.mlp.w12.{w}', 'backbone.layers.{i}.ffn.w12.{w}'),  # fused c_fc1 | c_fc2
+    ('blocks.{i}.mlp.c_proj.{w}', 'backbone.layers.{i}.ffn.w3.{w}'),
+    ('blocks.{i}.gamma_{n}', 'backbone.layers.{i}.ls{n}.weight'),
+    ('norm.{w}', 'backbone.ln1.{w}'),
+    ('norm.{w}', 'backbone.ln2.{w}'),
+    ('head.{w}', 'head.fc.{w}'),
 )
-FUSED_QKV = (
-    rule('attn.qkv.weight', 'attn.qkv.weight', ('3d', 'd')),
-    rule('attn.qkv.bias', 'attn.qkv.bias', ('3d', ), flag='qkv_bias'),
-)
+SWIGLU = ('.mlp.c_fc1.', '.mlp.c_fc2.', '.mlp.w12.')  # rows gate | up
 
-# the released MAE encoder: our names, except layer scale (absent in the release)
-_MAE_BLOCK = tuple(rule(n, n, *s, flag=f) for n, s, f in (
-    ('ln1.weight', [('d', )], None), ('ln1.bias', [('d', )], None),
-    ('ln2.weight', [('d', )], None), ('ln2.bias', [('d', )], None),
-    ('attn.proj.weight', [('d', 'd')], None), ('attn.proj.bias', [('d', )], None),
-    ('ffn.w12.weight', [('2h', 'd')], None), ('ffn.w12.bias', [('2h', )], 'ffn_bias'),
-    ('ffn.w3.weight', [('d', 'h')], None), ('ffn.w3.bias', [('d', )], 'ffn_bias'),
-)) + FUSED_QKV + (
-    rule('ls1.weight', 'attn.gamma1.weight', ('d', ), flag='layer_scale'),
-    rule('ls2.weight', 'ffn.gamma2.weight', ('d', ), flag='layer_scale'),
+# --- the MAE release (``state_dict``): our names, but for layer scale -----------------
+MAE_TABLE = (
+    ('backbone.layers.{i}.attn.gamma1.weight', 'backbone.layers.{i}.ls1.weight'),
+    ('backbone.layers.{i}.ffn.gamma2.weight', 'backbone.layers.{i}.ls2.weight'),
+    ('backbone.layers.{i}.{m}.{w}', 'backbone.layers.{i}.{m}.{w}'),
+    ('backbone.patch_embed.projection.{w}', 'backbone.patch_embed.projection.{w}'),
+    ('backbone.cls_token', 'backbone.cls_token'),
+    ('backbone.ln1.{w}', 'backbone.ln1.{w}'),
 )
-
-MAE_GROUPS = (
-    Group('stem', rules=(
-        rule('backbone.patch_embed.projection.weight', 'backbone.patch_embed.projection.weight',
-             ('d', 'in', 'p', 'p')),
-        rule('backbone.patch_embed.projection.bias', 'backbone.patch_embed.projection.bias',
-             ('d', )),
-        rule('backbone.cls_token', 'backbone.cls_token', (1, 1, 'd'), flag='cls_token'),
-        rule('backbone.ln1.weight', 'backbone.ln1.weight', ('d', )),
-        rule('backbone.ln1.bias', 'backbone.ln1.bias', ('d', )),
-    )),
-    Group('layer', r'backbone\.layers\.(\d+)\.', r'backbone\.layers\.(\d+)\.', ('i', ),
-          rules=prefixed(_MAE_BLOCK, 'backbone.layers.{i}.', 'backbone.layers.{i}.')),
-)
-
-DEIT3_GROUPS = (
-    Group('stem', rules=(
-        rule('backbone.patch_embed.projection.weight', 'patch_embed.proj.weight',
-             ('d', 'in', 'p', 'p')),
-        rule('backbone.patch_embed.projection.bias', 'patch_embed.proj.bias', ('d', )),
-        rule('head.fc.weight', 'head.weight', ('nc', 'd'), flag='head'),
-        rule('head.fc.bias', 'head.bias', ('nc', ), flag='head'),
-    ), variants=(
-        # class-token model: norm(x)[:, 0] -> our final norm ln1, out_type='cls_token'
-        Variant((rule('backbone.cls_token', 'cls_token', (1, 1, 'd')),
-                 rule('backbone.ln1.weight', 'norm.weight', ('d', )),
-                 rule('backbone.ln1.bias', 'norm.bias', ('d', ))), marked=True),
-        # GAP model: norm(mean(x)) -> final_norm=False and ln2 after the mean
-        Variant((rule('backbone.ln2.weight', 'norm.weight', ('d', )),
-                 rule('backbone.ln2.bias', 'norm.bias', ('d', )))),
-    )),
-    Group('layer', r'blocks\.(\d+)\.', r'backbone\.layers\.(\d+)\.', ('i', ),
-          rules=prefixed(BLOCK + FUSED_QKV, 'backbone.layers.{i}.', 'blocks.{i}.')),
-)
+MAE_PASSTHROUGH = ('neck.', 'head.')
 
 
-def _plain_arch(m: Mapped, head_dim: int, fmt: str):
-    """Preset name of :class:`VisionLLaMA` matching the weights, else a custom dict."""
+def plain_arch(sd: Mapping[str, Tensor], head_dim: int, fmt: str) -> Union[str, Dict]:
+    """Preset name of :class:`VisionLLaMA` matching our converted weights, else a dict."""
     from ...models.vision_llama import VisionLLaMA
-    d = m.sym('d')
-    want = dict(embed_dims=d, num_layers=len(m.indices['layer']),
-                num_heads=heads(d, head_dim, f'{fmt} checkpoint'),
-                feedforward_channels=m.sym('h'), ffn_bias=m.flags.get('ffn_bias', False))
-    if want['num_layers'] == 0:
+    d = sd['backbone.patch_embed.projection.weight'].shape[0]
+    layers = indices(sd, r'backbone\.layers\.(\d+)\.', fmt)
+    if not layers:
         raise ConversionError(f'{fmt} checkpoint: no transformer layers found')
-    ls = m.flags.get('layer_scale', False)
+    w12 = sd.get('backbone.layers.0.ffn.w12.weight')
+    want = dict(embed_dims=d, num_layers=len(layers),
+                num_heads=heads(d, head_dim, f'{fmt} checkpoint'),
+                feedforward_channels=None if w12 is None else w12.shape[0] // 2,
+                ffn_bias='backbone.layers.0.ffn.w12.bias' in sd)
+    ls = 'backbone.layers.0.ls1.weight' in sd
     for name in ('s', 'b', 'l', 'mae-b', 'mae-l'):
         preset = VisionLLaMA.arch_zoo[name]
         if all(preset[k] == v for k, v in want.items()) and \
@@ -100,14 +65,25 @@ def _plain_arch(m: Mapped, head_dim: int, fmt: str):
     return dict(want, layer_scale_init=1e-4 if ls else 0.0)
 
 
-def finish_mae(m: Mapped, sd: Mapping[str, Tensor], notes: List[str], head_dim: int,
-               **options: Any) -> Converted:
+def _common(sd: StateDict) -> Dict[str, Any]:
+    w = sd['backbone.patch_embed.projection.weight']  # [d, in, p, p]
+    cfg = dict(patch_size=int(w.shape[2]), qkv_bias='backbone.layers.0.attn.qkv.bias' in sd,
+               norm_eps=1e-6)
+    if w.shape[1] != 3:
+        cfg['in_channels'] = int(w.shape[1])
+    return cfg
+
+
+def mae_convert(sd: Mapping[str, Tensor], head_dim: int = 64, **options: Any) -> Converted:
     """MAE release -> VisionLLaMA config (pre-training size from ``pos_embed``)."""
-    _no_options('mae', options)
-    has_cls = m.flags.get('cls_token', False)
-    patch = m.sym('p')
-    img_size = 224
-    pos = sd.get('backbone.pos_embed')
+    options_none('mae', options)
+    drops = {'backbone.pos_embed': 'positions come from RoPE, the absolute embedding is '
+             'unused'}
+    ours, notes = apply_table(sd, MAE_TABLE, 'mae', drops, keep=MAE_PASSTHROUGH,
+                              ignore=('data_preprocessor.', ))
+    has_cls = 'backbone.cls_token' in ours
+    patch = _common(ours)['patch_size']
+    img_size, pos = 224, sd.get('backbone.pos_embed')
     if pos is not None:
         n = pos.shape[1] - int(has_cls)
         side = int(round(n ** 0.5))
@@ -115,33 +91,34 @@ def finish_mae(m: Mapped, sd: Mapping[str, Tensor], notes: List[str], head_dim: 
             img_size = side * patch
     else:
         notes.append('no pos_embed found: assumed pre-training size 224')
-    backbone = dict(type='VisionLLaMA', arch=_plain_arch(m, head_dim, 'mae'), img_size=img_size, patch_size=patch,
-                    with_cls_token=has_cls, cls_token_rope='none',
-                    qkv_bias=m.flags.get('qkv_bias', False), norm_eps=1e-6)
-    if m.sym('in') != 3:
-        backbone['in_channels'] = m.sym('in')
+    backbone = dict(type='VisionLLaMA', arch=plain_arch(ours, head_dim, 'mae'),
+                    img_size=img_size, with_cls_token=has_cls, cls_token_rope='none',
+                    **_common(ours))
     notes.append("paper fine-tuning (84.0/84.3 top-1) uses this backbone with "
                  "with_cls_token=False, final_norm=False, out_type='avg_featmap'; the "
                  "authors' ADE20K/ViTDet runs use rope_type='2d' at the fine-tuning grid")
-    return Converted('mae', m.state_dict, backbone, None, notes)
+    return Converted('mae', ours, backbone, None, notes)
 
 
-def finish_deit3(m: Mapped, sd: Mapping[str, Tensor], notes: List[str], head_dim: int,
-                 rope: str = '2d', **options: Any) -> Converted:
+def deit3_convert(sd: Mapping[str, Tensor], head_dim: int = 64, rope: str = '2d',
+                  **options: Any) -> Converted:
     """DeiT3-style weights -> VisionLLaMA config; ``rope`` picks the authors' variant."""
-    _no_options('deit3', options)
+    options_none('deit3', options)
     if rope not in ROPE_CHOICES:
         raise ConversionError(f'--rope must be one of {ROPE_CHOICES}, got {rope!r}')
-    has_cls = 'backbone.cls_token' in m.state_dict
-    backbone = dict(type='VisionLLaMA', arch=_plain_arch(m, head_dim, 'deit3'), img_size=224, patch_size=m.sym('p'),
+    indices(sd, r'blocks\.(\d+)\.', 'deit3')
+    has_cls = 'cls_token' in sd
+    unused = 'backbone.ln2.{w}' if has_cls else 'backbone.ln1.{w}'
+    table = [row for row in DEIT3_TABLE if row[1] != unused]
+    ours, notes = apply_table(fuse(sd, *SWIGLU), table, 'deit3',
+                              {'pos_embed': 'unused (positions come from RoPE)'})
+    backbone = dict(type='VisionLLaMA', arch=plain_arch(ours, head_dim, 'deit3'), img_size=224,
                     with_cls_token=has_cls, cls_token_rope='official' if has_cls else 'none',
-                    rope_type=rope, qkv_bias=m.flags.get('qkv_bias', False), norm_eps=1e-6)
+                    rope_type=rope, **_common(ours))
     if has_cls:
         backbone['out_type'] = 'cls_token'
     else:
         backbone.update(out_type='avg_featmap', final_norm=False)
-    if m.sym('in') != 3:
-        backbone['in_channels'] = m.sym('in')
     if rope == '2d':
         notes.append("rope_type='2d': the authors' plain code without auto_scale (positions "
                      'unscaled at every input size, class token at x = G-1, y = -1); use '
@@ -150,16 +127,20 @@ def finish_deit3(m: Mapped, sd: Mapping[str, Tensor], notes: List[str], head_dim
         notes.append("rope_type='as2d': the authors' auto_scale variant (positions x 14/G, "
                      'AS2DRoPE anchored at 14x14, class token at x = (G-1)s, y = -s)')
     head = None
-    if 'head.fc.weight' in m.state_dict:
-        head = dict(num_classes=m.sym('nc'), in_channels=m.sym('d'))
-    return Converted('deit3', m.state_dict, backbone, head, notes, dict(rope=rope))
+    if 'head.fc.weight' in ours:
+        w = ours['head.fc.weight']
+        head = dict(num_classes=int(w.shape[0]), in_channels=int(w.shape[1]))
+    return Converted('deit3', ours, backbone, head, notes, dict(rope=rope))
 
 
-def _no_options(fmt: str, options: Mapping[str, Any]) -> None:
-    """Layouts without options refuse them (e.g. ``--rope`` on a pyramid file)."""
-    if options:
-        raise ConversionError(f'{fmt} checkpoints take no {", ".join("--" + k for k in options)}'
-                              ' option')
+def deit3_to_official(sd: Mapping[str, Tensor]) -> StateDict:
+    return unfuse(back(sd, DEIT3_TABLE, 'deit3'), SWIGLU[2], SWIGLU[0], SWIGLU[1],
+                  lambda t: t.shape[0] // 2)
+
+
+def deit3_name(key: str) -> str:
+    name = rename(key, DEIT3_TABLE, to_official=True) or key
+    return name.replace(SWIGLU[2], SWIGLU[0])
 
 
 def _has(sd: Mapping[str, Tensor], *keys: str) -> bool:
@@ -170,23 +151,20 @@ MAE = Layout(
     name='mae', container='state_dict',
     description='VisionLLaMA MAE pre-training weights (released Base/Large-MAE, or a '
                 'vllama_mm MAE pre-training run)',
-    groups=MAE_GROUPS,
     detect=lambda sd: _has(sd, 'backbone.patch_embed.projection.weight',
                            'backbone.layers.0.ffn.w12.weight')
     and any(k.startswith('neck.') for k in sd)
     and not any(k.endswith('.ls1.weight') for k in sd),
-    finish=finish_mae,
-    drops=(('backbone.pos_embed', 'positions come from RoPE, the absolute embedding is '
-            'unused'), ),
-    passthrough=('neck.', 'head.'),
-    ignore=('data_preprocessor.', ),
+    convert=mae_convert,
+    to_official=lambda sd: back(sd, MAE_TABLE, 'mae', keep=MAE_PASSTHROUGH),
+    official_name=lambda key: rename(key, MAE_TABLE, to_official=True) or key,
 )
 
 DEIT3 = Layout(
     name='deit3',
     description="the authors' DeiT3-style supervised plain VisionLLaMA",
-    groups=DEIT3_GROUPS,
     detect=lambda sd: _has(sd, 'patch_embed.proj.weight', 'blocks.0.mlp.c_fc1.weight'),
-    finish=finish_deit3,
-    drops=(('pos_embed', 'unused (positions come from RoPE)'), ),
+    convert=deit3_convert,
+    to_official=deit3_to_official,
+    official_name=deit3_name,
 )

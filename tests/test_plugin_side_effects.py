@@ -67,7 +67,8 @@ def build(init_cfg):
 torch.manual_seed(0)
 sd = build(None).state_dict()
 drop = [k for k in sd if k.endswith('.weight')][-2:]  # the file lacks two tensors
-torch.save({'state_dict': {k: v for k, v in sd.items() if k not in drop}}, path)
+prefix = 'backbone.' if lib == 'mmdet' else ''  # mmdet's Swin keeps only backbone.* keys
+torch.save({'state_dict': {prefix + k: v for k, v in sd.items() if k not in drop}}, path)
 
 lines = []
 handler = logging.Handler()

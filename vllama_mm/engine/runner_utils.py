@@ -198,12 +198,36 @@ def exit_with_launcher() -> bool:
     return True
 
 
+def slurm_env_for_gloo() -> None:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from a SLURM task's
+    environment, as mmengine's SLURM init derives them (it then calls
+    ``torch.cuda.set_device``, which fails without CUDA)."""
+    import subprocess
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS') if k not in os.environ]
+    if missing:
+        raise ConfigError(f'--launcher slurm: {", ".join(missing)} not set; start the job '
+                           'with srun (tools/slurm_train.sh)')
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in os.environ:
+        nodes = os.environ.get('SLURM_NODELIST', os.environ.get('SLURM_JOB_NODELIST', ''))
+        out = subprocess.run(['scontrol', 'show', 'hostname', nodes], capture_output=True,
+                             text=True, check=False).stdout.split()
+        os.environ['MASTER_ADDR'] = out[0] if out else '127.0.0.1'
+
+
 def _init_cpu_process_group(cfg: Config) -> None:
+    """gloo process group for ``--launcher pytorch`` / ``slurm`` on a machine without CUDA
+    (mmengine's own init would call ``torch.cuda.set_device``)."""
     import torch
     import torch.distributed as dist
-    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available() \
+    if cfg.get('launcher', 'none') not in ('pytorch', 'slurm') or torch.cuda.is_available() \
             or dist.is_initialized():
         return
+    if cfg.get('launcher') == 'slurm':
+        slurm_env_for_gloo()
     dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
     backend = dist_cfg.pop('backend', 'gloo')
     timeout = dist_cfg.pop('timeout', None)

@@ -149,6 +149,12 @@ class FSDP2ModelWrapper(nn.Module):
     def train_step(self, data: Union[dict, tuple, list], optim_wrapper) -> Dict[str, Any]:
         """As ``MMDistributedDataParallel.train_step``; shards on the first call."""
         if not self.sharded:
+            if type(optim_wrapper).__name__ == 'AmpOptimWrapper':
+                raise ValueError(
+                    'FSDP2ModelWrapper with AmpOptimWrapper: its loss scaler checks only '
+                    "this rank's gradient shard for inf/NaN (ranks would skip different "
+                    "steps); use optim_wrapper.type='OptimWrapper' and model_wrapper_cfg."
+                    "mp_policy=dict(param_dtype='bfloat16', reduce_dtype='float32')")
             self.shard(optim_wrapper.optimizer)
         with optim_wrapper.optim_context(self):
             data = self.module.data_preprocessor(data, training=True)

@@ -123,3 +123,25 @@ randomness = dict(seed=0, deterministic=True)
                        weights_only=True)['state_dict'] for d in ('slurm', 'torchrun'))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+
+
+def test_sync_bn_in_a_distributed_cpu_run_is_one_clear_error():
+    from mmengine.config import Config
+
+    from vllama_mm.engine.runner_utils import use_gloo_without_cuda
+    from vllama_mm.engine.validate import ConfigError
+    bn = dict(type='SyncBN', requires_grad=True)
+    model = dict(decode_head=dict(norm_cfg=bn),
+                 auxiliary_head=[dict(norm_cfg=dict(type='BN')), dict(norm_cfg=bn)])
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='nccl')),
+                      model=model))
+    with pytest.raises(ConfigError) as e:
+        use_gloo_without_cuda(cfg)
+    msg = str(e.value)
+    assert 'model.decode_head.norm_cfg' in msg and 'model.auxiliary_head.1.norm_cfg' in msg
+    assert 'model.decode_head.norm_cfg.type=BN model.auxiliary_head.1.norm_cfg.type=BN' in msg
+    # the suggested --cfg-options really remove every SyncBN
+    cfg.merge_from_dict({'model.decode_head.norm_cfg.type': 'BN',
+                         'model.auxiliary_head.1.norm_cfg.type': 'BN'}, allow_list_keys=True)
+    use_gloo_without_cuda(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'

@@ -164,6 +164,7 @@ def use_gloo_without_cuda(cfg: Config) -> None:
     import torch
     if torch.cuda.is_available():
         return
+    check_sync_bn_without_cuda(cfg)
     env_cfg = cfg.setdefault('env_cfg', {})
     dist_cfg = env_cfg.setdefault('dist_cfg', {})
     if dist_cfg.get('backend', 'nccl') == 'nccl':
@@ -173,6 +174,33 @@ def use_gloo_without_cuda(cfg: Config) -> None:
         cfg.model_wrapper_cfg = dict(
             type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def _sync_bn_paths(node: Any, path: str) -> list:
+    if isinstance(node, dict):
+        found = [path] if node.get('type') in ('SyncBN', 'MMSyncBN', 'SyncBatchNorm') else []
+        for k, v in node.items():
+            found += _sync_bn_paths(v, f'{path}.{k}')
+        return found
+    if isinstance(node, (list, tuple)):
+        return [p for i, v in enumerate(node) for p in _sync_bn_paths(v, f'{path}.{i}')]
+    return []
+
+
+def check_sync_bn_without_cuda(cfg: Config) -> None:
+    """A distributed run without CUDA cannot use SyncBN (torch's SyncBatchNorm needs GPU
+    tensors; it would fail at the first training step): one error naming the layers.
+    A single process is fine (mmengine turns SyncBN back into BN there)."""
+    paths = _sync_bn_paths(cfg.get('model'), 'model')
+    if cfg.get('sync_bn'):
+        paths.append(f'sync_bn={cfg.sync_bn!r}')
+    if paths:
+        shown = ', '.join(paths[:4]) + (' ...' if len(paths) > 4 else '')
+        fix = ' '.join(f'{p}.type=BN' for p in paths if p.startswith('model'))
+        raise ConfigError(
+            f'SyncBN ({shown}) needs CUDA, and this distributed run has none. Train on '
+            'GPUs, in one process (SyncBN becomes BN there), or with per-rank BN statistics: '
+            f'--cfg-options {fix or "sync_bn=None"} (docs/distributed.md)')
 
 
 def exit_with_launcher() -> bool:

@@ -5,6 +5,7 @@ every iteration; the checkpoints' weights and the logged per-step losses are com
 Equality figures are printed with ``-s`` ('[fsdp] ...').
 """
 import json
+import re
 import os
 import os.path as osp
 import glob
@@ -86,6 +87,26 @@ def _optim_diff(a: dict, b: dict) -> float:
 
 def _moved(work: str, first: int, last: int) -> float:
     return _max_diff(_ckpt(work, first)['state_dict'], _ckpt(work, last)['state_dict'])
+
+
+def test_fsdp_config_checks_name_the_setting():
+    from mmengine.config import Config
+
+    from vllama_mm.engine.fsdp import check_fsdp_cfg
+    from vllama_mm.engine.validate import ConfigError
+    ok = dict(model_wrapper_cfg=dict(type='FSDP2ModelWrapper'),
+              optim_wrapper=dict(type='OptimWrapper'),
+              default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook')),
+              custom_hooks=[dict(type='EMAHook', ema_type='FSDP2ExponentialMovingAverage')])
+    check_fsdp_cfg(Config(ok))
+    bad = [(dict(optim_wrapper=dict(type='AmpOptimWrapper')), 'AmpOptimWrapper'),
+           (dict(default_hooks=dict(checkpoint=dict(type='CheckpointHook'))),
+            "default_hooks.checkpoint.type='CheckpointHook'"),
+           (dict(custom_hooks=[dict(type='EMAHook')]), "custom_hooks[0] EMAHook")]
+    for change, words in bad:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            check_fsdp_cfg(Config(dict(ok, **change)))
+    check_fsdp_cfg(Config(dict(bad[0][0])))  # no FSDP2: nothing to check
 
 
 # ---------------------------------------------------------------------------- generation

@@ -276,3 +276,35 @@ def register_fsdp2() -> None:
     from ..registry_utils import register_modules
     register_modules(MODEL_WRAPPERS, [FSDP2ModelWrapper])
     register_modules(MODELS, [FSDP2ExponentialMovingAverage])
+
+
+def check_fsdp_cfg(cfg: Any) -> None:
+    """Before building: the settings FSDP2ModelWrapper cannot train with, as one error each.
+
+    (Called by tools/train.py; the wrapper itself refuses AmpOptimWrapper at its first step
+    for other entry points.)"""
+    from .validate import ConfigError
+    wrapper = cfg.get('model_wrapper_cfg') or {}
+    if wrapper.get('type') != 'FSDP2ModelWrapper':
+        return
+    optim = (cfg.get('optim_wrapper') or {}).get('type', 'OptimWrapper')
+    if optim == 'AmpOptimWrapper':
+        raise ConfigError(
+            "model_wrapper_cfg FSDP2ModelWrapper with optim_wrapper.type='AmpOptimWrapper' "
+            '(or --amp): the loss scaler sees only its own gradient shard; use OptimWrapper and '
+            "model_wrapper_cfg.mp_policy=dict(param_dtype='bfloat16', reduce_dtype='float32')")
+    ckpt = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('type')
+    if ckpt != 'AtomicCheckpointHook':
+        raise ConfigError(
+            f"model_wrapper_cfg FSDP2ModelWrapper with default_hooks.checkpoint.type={ckpt!r}: "
+            "only AtomicCheckpointHook gathers the sharded state before saving; set "
+            "default_hooks.checkpoint.type='AtomicCheckpointHook'")
+    for i, hook in enumerate(cfg.get('custom_hooks') or []):
+        if not isinstance(hook, dict) or hook.get('type') != 'EMAHook':
+            continue
+        ema = hook.get('ema_type', 'ExponentialMovingAverage')
+        if ema != 'FSDP2ExponentialMovingAverage':
+            raise ConfigError(
+                f'model_wrapper_cfg FSDP2ModelWrapper with custom_hooks[{i}] EMAHook of '
+                f"ema_type={ema!r}: it cannot average sharded weights; set "
+                "ema_type='FSDP2ExponentialMovingAverage' (same arguments)")

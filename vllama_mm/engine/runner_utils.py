@@ -77,6 +77,9 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
         fit_schedulers(cfg)
     if cfg.launcher != 'none':
         use_gloo_without_cuda(cfg)
+    if mode == 'train':
+        from .fsdp import check_fsdp_cfg
+        check_fsdp_cfg(cfg)  # FSDP2ModelWrapper: AMP, checkpoint hook, EMA type
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     if mode == 'train' and not getattr(args, 'skip_data_check', False):

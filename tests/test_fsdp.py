@@ -16,14 +16,19 @@ import sys
 import pytest
 import torch
 
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CLS = osp.join(REPO, 'configs/mmpretrain/vision_llama/vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
-MAE = osp.join(REPO, 'configs/mmpretrain/mae/mae_vision-llama-tiny-p8_1xb16-5e_synthetic-64px.py')
-DIT = osp.join(REPO, 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py')
+CLS = osp.join(REPO, 'configs/mmpretrain/vision_llama',
+               'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
+MAE = osp.join(REPO, 'configs/mmpretrain/mae',
+               'mae_vision-llama-tiny-p8_1xb16-5e_synthetic-64px.py')
+DIT = osp.join(REPO, 'configs/generation/dit_llama',
+               'dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py')
 FSDP = "model_wrapper_cfg = dict(type='FSDP2ModelWrapper')\n"
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
-                                reason='the CPU (gloo) path on Linux')
+# the runs: the CPU (gloo) path on Linux
+gloo = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
+                          reason='the CPU (gloo) path on Linux')
 
 
 def _free_port() -> int:
@@ -125,26 +130,42 @@ randomness = dict(seed=0, deterministic=True)
 {extra}"""
 
 
-def test_fsdp2_dit_with_ema_equals_ddp(tmp_path):
+EMA_FSDP = ("custom_hooks = [dict(type='EMAHook', momentum=0.02, update_buffers=False, "
+            "priority='ABOVE_NORMAL', ema_type='FSDP2ExponentialMovingAverage')]\n")
+CLIP_ACC = ("optim_wrapper = dict(clip_grad=dict(max_norm=0.5), accumulative_counts=2)\n"
+            "train_cfg = dict(max_iters=4)\n")
+
+
+@gloo
+@pytest.mark.parametrize('variant', ['plain', 'clip-accumulate'])
+def test_fsdp2_dit_with_ema_equals_ddp(tmp_path, variant):
     """DiT-LLaMA with EMA: FSDP2 (sharded EMA source) == DDP, per-step losses, raw and EMA
-    weights, optimizer state (2 ranks each: the per-rank diffusion noise is the same)."""
-    fsdp = _dit_cfg(FSDP + "custom_hooks = [dict(type='EMAHook', momentum=0.02, "
-                    "update_buffers=False, priority='ABOVE_NORMAL', "
-                    "ema_type='FSDP2ExponentialMovingAverage')]\n")
-    out = _train(fsdp, str(tmp_path / 'fsdp'), 2)
+    weights, optimizer state (2 ranks each: the per-rank diffusion noise is the same);
+    'clip-accumulate' adds gradient clipping (norm of DTensor gradients) and accumulation."""
+    extra = CLIP_ACC if variant == 'clip-accumulate' else ''
+    last = 4 if extra else 3
+    out = _train(_dit_cfg(FSDP + EMA_FSDP + extra), str(tmp_path / 'fsdp'), 2)
     assert 'FSDP2: 2 blocks and the root sharded over 2 ranks' in out.stdout + out.stderr
-    _train(_dit_cfg(), str(tmp_path / 'ddp'), 2)
-    a, b = _ckpt(str(tmp_path / 'fsdp'), 3), _ckpt(str(tmp_path / 'ddp'), 3)
+    _train(_dit_cfg(extra), str(tmp_path / 'ddp'), 2)
+    a, b = _ckpt(str(tmp_path / 'fsdp'), last), _ckpt(str(tmp_path / 'ddp'), last)
     ema = _max_diff(a['state_dict'], b['state_dict'])  # the EMA weights (see EMAHook)
     raw = _max_diff(a['ema_state_dict'], b['ema_state_dict'])
     opt = _optim_diff(a['optimizer'], b['optimizer'])
     la, lb = _losses(str(tmp_path / 'fsdp')), _losses(str(tmp_path / 'ddp'))
-    assert len(la) == len(lb) == 3, (la, lb)
+    assert len(la) == len(lb) == last, (la, lb)
     loss = max(abs(x - y) for x, y in zip(la, lb))
-    print(f'\n[fsdp] DiT 2 ranks FSDP2 vs DDP: loss {loss:.2e}, EMA weights {ema:.2e}, '
-          f'raw weights {raw:.2e}, optimizer state {opt:.2e}')
+    msg = ''
+    if extra:
+        ga, gb = _losses(str(tmp_path / 'fsdp'), 'grad_norm'), _losses(str(tmp_path / 'ddp'),
+                                                                        'grad_norm')
+        assert ga and len(ga) == len(gb)
+        gn = max(abs(x - y) for x, y in zip(ga, gb))
+        msg = f', logged grad norms {gn:.2e}'
+        assert gn < 1e-5
+    print(f'\n[fsdp] DiT ({variant}) 2 ranks FSDP2 vs DDP: loss {loss:.2e}, EMA weights '
+          f'{ema:.2e}, raw weights {raw:.2e}, optimizer state {opt:.2e}{msg}')
     assert loss < 1e-5 and ema < 1e-5 and raw < 1e-5 and opt < 1e-5
-    assert _moved(str(tmp_path / 'ddp'), 1, 3) > 1e-4  # training moved the weights
+    assert _moved(str(tmp_path / 'ddp'), 1, last) > 1e-4  # training moved the weights
 
 
 # ---------------------------------------------------------------------------- classification
@@ -193,6 +214,7 @@ randomness = dict(seed=0, deterministic=True)
     return root, cfg, runs
 
 
+@gloo
 def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
     root, cfg, runs = cls_setup
     la, lb = _losses(runs['fsdp']), _losses(runs['ddp'])
@@ -225,6 +247,7 @@ def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
     assert 'backbone.layers.2.attn.qkv.weight' in names or any('layers.2' in n for n in names)
 
 
+@gloo
 def test_fsdp2_resume_after_a_killed_rank_continues_exactly(cls_setup, tmp_path):
     """Rank 1 is killed (SIGKILL) during iteration 5; the job dies; --resume from the work
     dir (iter_4) reaches the same iter_6 as the uninterrupted run."""
@@ -261,6 +284,7 @@ class KillRank1(Hook):
     assert w == 0.0 and o == 0.0 and lr == lu
 
 
+@gloo
 def test_fsdp2_bf16_mixed_precision_trains(cls_setup, tmp_path):
     """param_dtype bf16 / reduce fp32: trains, checkpoints keep fp32 weights, loss close to
     the fp32 run (not equal: bf16 compute)."""
@@ -280,6 +304,7 @@ def test_fsdp2_bf16_mixed_precision_trains(cls_setup, tmp_path):
 
 
 # ---------------------------------------------------------------------------- MAE
+@gloo
 def test_fsdp2_mae_equals_ddp(tmp_path):
     """MAE pre-training (random masks per rank): FSDP2 == DDP on 2 ranks."""
     pytest.importorskip('mmpretrain')
@@ -318,3 +343,29 @@ randomness = dict(seed=0, diff_rank_seed=True, deterministic=True)
           f'optimizer {o:.2e}')
     assert loss < 1e-5 and w < 1e-5 and o < 1e-5
     assert _moved(str(tmp_path / 'ddp'), 1, 3) > 1e-5
+
+
+# ---------------------------------------------------------------------------- memory estimate
+def test_fsdp_memory_tool_measures_saved_activations():
+    """tools/analysis/fsdp_memory.py: the saved-tensor count is exact on a known graph, and
+    activation memory is linear in depth (the basis of its scaling)."""
+    from torch import nn
+
+    from _tool_loader import load_tool  # tests/
+    tool = load_tool('tools/analysis/fsdp_memory.py')
+    lin = nn.Linear(8, 16)
+    x = torch.randn(4, 8)
+    # Linear saves its input (weight excluded: a parameter); relu saves its output
+    assert tool.saved_bytes(lin, lambda m: torch.relu(m(x)).sum()) == 4 * 8 * 4 + 4 * 16 * 4
+    from vllama_mm.models import VisionLLaMA
+
+    def build(n):
+        return VisionLLaMA(arch=dict(embed_dims=32, num_layers=n, num_heads=2), img_size=32)
+
+    def run(m):
+        return m(torch.randn(2, 3, 32, 32))[-1].sum()
+
+    one, two, three = (tool.saved_bytes(build(n), run) for n in (1, 2, 3))
+    assert two - one == three - two > 0
+    fixed, blk = tool.per_block(build, run)
+    assert fixed + 3 * blk == three

@@ -40,7 +40,7 @@ FAKE_SRUN = textwrap.dedent('''\
         SLURM_NODELIST='node[001]', SLURM_JOB_NODELIST='node[001]')) for r in range(n)]
     sys.exit(max(p.wait() for p in procs))
 ''')
-FAKE_SCONTROL = '#!/bin/sh\n# fake scontrol: "show hostname NODELIST" -> this host\necho 127.0.0.1\n'
+FAKE_SCONTROL = '#!/bin/sh\n# fake scontrol: "show hostname LIST" -> this host\necho 127.0.0.1\n'
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
                                 reason='the CPU (gloo) path on Linux')

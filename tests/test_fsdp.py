@@ -107,7 +107,8 @@ def test_fsdp_config_checks_name_the_setting():
     bad = [(dict(optim_wrapper=dict(type='AmpOptimWrapper')), 'AmpOptimWrapper'),
            (dict(default_hooks=dict(checkpoint=dict(type='CheckpointHook'))),
             "default_hooks.checkpoint.type='CheckpointHook'"),
-           (dict(custom_hooks=[dict(type='EMAHook')]), "custom_hooks[0] EMAHook")]
+           (dict(custom_hooks=[dict(type='EMAHook')]), "custom_hooks[0] EMAHook"),
+           (dict(val_cfg=dict(), val_dataloader=dict(batch_size=1)), 'validation loop')]
     for change, words in bad:
         with pytest.raises(ConfigError, match=re.escape(words)):
             check_fsdp_cfg(Config(dict(ok, **change)))

@@ -308,3 +308,9 @@ def check_fsdp_cfg(cfg: Any) -> None:
                 f'model_wrapper_cfg FSDP2ModelWrapper with custom_hooks[{i}] EMAHook of '
                 f"ema_type={ema!r}: it cannot average sharded weights; set "
                 "ema_type='FSDP2ExponentialMovingAverage' (same arguments)")
+        if cfg.get('val_cfg') is not None and cfg.get('val_dataloader') is not None:
+            raise ConfigError(
+                f'model_wrapper_cfg FSDP2ModelWrapper with custom_hooks[{i}] EMAHook and a '
+                'validation loop: EMAHook swaps the EMA weights into the sharded model for '
+                'validation, which FSDP2 does not support; validate the saved checkpoints '
+                '(tools/test.py) and set val_cfg=None, or train without FSDP2')

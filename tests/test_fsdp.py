@@ -169,6 +169,67 @@ def test_fsdp2_dit_with_ema_equals_ddp(tmp_path, variant):
     assert _moved(str(tmp_path / 'ddp'), 1, last) > 1e-4  # training moved the weights
 
 
+KILLER = '''
+import os, signal, time
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+@HOOKS.register_module()
+class KillRank1(Hook):
+    """SIGKILL rank 1 before iteration KILL_AT + 1 (when KILL=1), once rank 0 has recorded
+    iter_KILL_AT.pth (rank 0 writes alone: without the wait the kill may cut that write)."""
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.rank == 1 and os.environ.get('KILL') == '1' and \\
+                runner.iter == int(os.environ['KILL_AT']):
+            record = os.path.join(runner.work_dir, 'last_checkpoint')
+            for _ in range(600):
+                if os.path.exists(record) and open(record).read().strip().endswith(
+                        f'iter_{runner.iter}.pth'):
+                    break
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _write_killer(folder) -> None:
+    (folder / 'killer.py').write_text(KILLER)
+
+
+@gloo
+def test_fsdp2_dit_resume_after_a_killed_rank_equals_ddp_resume(tmp_path):
+    """DiT with EMA, rank 1 killed before iteration 3, --resume from iter_2: FSDP2 and DDP
+    continue identically (weights, EMA, optimizer state, losses). (mmengine restores the seed,
+    not the generators' state, so a resumed noisy run is not the uninterrupted one.)"""
+    _write_killer(tmp_path)
+    env = dict(PYTHONPATH=os.pathsep.join([str(tmp_path), REPO,
+                                           os.environ.get('PYTHONPATH', '')]), KILL_AT='2')
+    extra = ("custom_imports = dict(imports=['vllama_mm.generation', 'killer'], "
+             "allow_failed_imports=False)\ntrain_cfg = dict(max_iters=4)\n"
+             "env_cfg = dict(dist_cfg=dict(timeout=20))\n")
+    ema = ("dict(type='EMAHook', momentum=0.02, update_buffers=False, priority='ABOVE_NORMAL'"
+           "{})")
+    works = {}
+    for kind, text in (('fsdp', FSDP), ('ddp', '')):
+        ema_type = ", ema_type='FSDP2ExponentialMovingAverage'" if text else ''
+        text += f"custom_hooks = [dict(type='KillRank1'), {ema.format(ema_type)}]\n"
+        work = works[kind] = str(tmp_path / kind)
+        out = _train(_dit_cfg(text + extra), work, 2, expect_ok=False,
+                     env_extra=dict(env, KILL='1'))
+        assert out.returncode != 0
+        assert osp.exists(osp.join(work, 'iter_2.pth'))
+        assert not osp.exists(osp.join(work, 'iter_3.pth'))
+        _train(_dit_cfg(text + extra), work, 2, '--resume', env_extra=dict(env, KILL='0'))
+    a, b = _ckpt(works['fsdp'], 4), _ckpt(works['ddp'], 4)
+    w = _max_diff(a['state_dict'], b['state_dict'])
+    raw = _max_diff(a['ema_state_dict'], b['ema_state_dict'])
+    o = _optim_diff(a['optimizer'], b['optimizer'])
+    la, lb = _losses(works['fsdp'])[-2:], _losses(works['ddp'])[-2:]
+    loss = max(abs(x - y) for x, y in zip(la, lb))
+    print(f'\n[fsdp] DiT resume after killed rank, FSDP2 vs DDP: EMA weights {w:.2e}, raw '
+          f'weights {raw:.2e}, optimizer {o:.2e}, losses of iters 3-4 {loss:.2e}')
+    assert len(la) == 2 and w < 1e-6 and raw < 1e-6 and o < 1e-6 and loss < 1e-6
+    assert a['meta']['iter'] == 4
+
+
 # ---------------------------------------------------------------------------- classification
 @pytest.fixture(scope='module')
 def cls_setup(tmp_path_factory):
@@ -253,23 +314,13 @@ def test_fsdp2_resume_after_a_killed_rank_continues_exactly(cls_setup, tmp_path)
     """Rank 1 is killed (SIGKILL) during iteration 5; the job dies; --resume from the work
     dir (iter_4) reaches the same iter_6 as the uninterrupted run."""
     root, cfg, runs = cls_setup
-    plugin = tmp_path / 'killer.py'
-    plugin.write_text('''
-import os, signal
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-@HOOKS.register_module()
-class KillRank1(Hook):
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter == 4 and runner.rank == 1 and os.environ.get('KILL') == '1':
-            os.kill(os.getpid(), signal.SIGKILL)
-''')
+    _write_killer(tmp_path)
     extra = (FSDP + f"custom_imports = dict(imports=['vllama_mm.mmpretrain', 'killer'], "
              "allow_failed_imports=False)\ncustom_hooks = [dict(type='KillRank1')]\n"
              "env_cfg = dict(dist_cfg=dict(timeout=20))\n")
     work = str(tmp_path / 'w')
     env = dict(PYTHONPATH=os.pathsep.join([str(tmp_path), REPO,
-                                           os.environ.get('PYTHONPATH', '')]))
+                                           os.environ.get('PYTHONPATH', '')]), KILL_AT='4')
     out = _train(cfg(2, extra), work, 2, expect_ok=False, env_extra=dict(env, KILL='1'))
     assert out.returncode != 0
     assert osp.exists(osp.join(work, 'iter_4.pth')) and not osp.exists(osp.join(work,

@@ -115,6 +115,51 @@ def test_fsdp_config_checks_name_the_setting():
     check_fsdp_cfg(Config(dict(bad[0][0])))  # no FSDP2: nothing to check
 
 
+def test_wrapper_in_one_process_shards_blocks_and_root(tmp_path):
+    """In-process, world size 1 (gloo): after the first step every parameter is a DTensor
+    under its original name, the optimizer holds exactly those, blocks compute in bf16 and
+    hand fp32 on, the root unit (embeddings, final layer, loss) stays fp32."""
+    import torch.distributed as dist
+    from mmengine.config import Config
+    from mmengine.optim import OptimWrapper
+    from torch.distributed.tensor import DTensor
+
+    import vllama_mm.generation  # noqa: F401
+    from vllama_mm.engine.fsdp import FSDP2ModelWrapper
+    from vllama_mm.generation.registry import MODELS
+    cfg = Config.fromfile(DIT)
+    cfg.model.denoiser.arch = dict(embed_dims=32, num_layers=2, num_heads=2)
+    cfg.model.denoiser.input_size = 16
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        model = MODELS.build(cfg.model)
+        names = [n for n, _ in model.named_parameters()]
+        with pytest.raises(ValueError, match='block_types'):
+            FSDP2ModelWrapper(model, block_types=['NoSuchBlock'])
+        with pytest.raises(ValueError, match='mp_policy.param_dtype'):
+            FSDP2ModelWrapper(model, mp_policy=dict(param_dtype='bf8'))
+        wrapper = FSDP2ModelWrapper(model, mp_policy=dict(param_dtype='bfloat16'))
+        optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-3))
+        seen = {}
+        model.denoiser.blocks[0].attn.register_forward_hook(
+            lambda m, i, o: seen.setdefault('block', (i[0].dtype, o.dtype)) and None)
+        model.denoiser.final_layer.register_forward_hook(
+            lambda m, i, o: seen.setdefault('final', (i[0].dtype, o.dtype)) and None)
+        batch = dict(inputs=torch.rand(2, 3, 16, 16) * 2 - 1, labels=torch.tensor([0, 1]))
+        log = wrapper.train_step(batch, optim)
+        assert torch.isfinite(log['loss'])
+        assert [n for n, _ in model.named_parameters()] == names
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+        held = [p for g in optim.optimizer.param_groups for p in g['params']]
+        assert {id(p) for p in held} == {id(p) for p in model.parameters()}
+        assert len(optim.optimizer.state) == len(held)  # AdamW stepped every shard
+        assert seen['block'] == (torch.bfloat16, torch.bfloat16)
+        assert seen['final'] == (torch.float32, torch.float32)  # blocks handed fp32 on
+        assert len(wrapper.full_state_dict()) == len(model.state_dict())
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------- generation
 def _dit_cfg(extra: str = '') -> str:
     return f"""

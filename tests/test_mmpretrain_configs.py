@@ -227,9 +227,9 @@ RECIPES = {
     MAE + 'benchmarks/vision-llama-b-p16_8xb2048-linear-coslr-90e_in1k.py': ('mae-b', 224, 2048, 'LARS', 6.4, 0., 90, 0.),
     # FSDP2 variants (docs/distributed.md): the same recipes; MAE-L fine-tuning is mmpretrain's
     # MAE ViT-L recipe (not a paper row)
-    VL + 'vision-llama-l-p16_fsdp-8xb256-lamb-800e_in1k-128px.py': ('l', 128, 256, 'Lamb', 3e-3, .05, 800, .45),
+    VL + 'vision-llama-l-p16_fsdp-8xb256-lamb-800e_in1k-128px.py': ('l', 128, 256, 'Lamb', 1.2e-2, .05, 800, .45),
     VL + 'vision-llama-l-p16_fsdp-8xb64-20e_in1k-128px-ft-224px.py': ('l', 224, 64, 'AdamW', 1e-5, .1, 20, .45),
-    MAE + 'mae_vision-llama-l-p16_fsdp-8xb512-bf16-coslr-800e_in1k.py': ('mae-l', 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
+    MAE + 'mae_vision-llama-l-p16_fsdp-8xb512-bf16-coslr-800e_in1k.py': ('mae-l', 224, 256, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'benchmarks/vision-llama-l-p16_fsdp-8xb128-coslr-50e_in1k.py': ('mae-l', 224, 128, 'AdamW', 4e-3, .05, 50, .2),
 }
 

@@ -87,7 +87,7 @@ def rows(gpus: int) -> List[Dict]:
         ('VisionLLaMA-L 224 px (fine-tune)', vision(l_arch, 224), img_run(224), 24, 64,
          VisionLLaMA(arch='l', img_size=224), [], False, 197 * 1024),
         ('MAE VisionLLaMA-L pre-train (encoder, 25 % of 196 tokens)', vision(mae_arch, 224, True),
-         lambda m: m(torch.randn(b, 3, 224, 224))[0].float().sum(), 24, 512,
+         lambda m: m(torch.randn(b, 3, 224, 224))[0].float().sum(), 24, 256,
          VisionLLaMAMAE(arch='mae-l'),
          [('decoder (8 blocks, 512 wide, 197 tokens)', vision(dec_arch, 224), img_run(224), 8)],
          False, 49 * 1024),

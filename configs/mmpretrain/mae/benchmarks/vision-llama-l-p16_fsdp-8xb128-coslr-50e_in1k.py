@@ -1,7 +1,7 @@
 # End-to-end fine-tuning of the MAE-pre-trained VisionLLaMA-L with FSDP2 (docs/distributed.md).
 # Not a paper row (the paper fine-tunes MAE B only): the B fine-tuning config
 # (vision-llama-b-p16_8xb128-coslr-100e_in1k.py: our encoder, GAP, no class token, Mixup/CutMix,
-# RandAugment, fp32) with the values of mmpretrain's MAE ViT-L fine-tuning recipe -- 50 epochs,
+# RandAugment, mixed precision) with the values of mmpretrain's MAE ViT-L fine-tuning recipe -- 50 epochs,
 # AdamW lr 4e-3 for 1024 images, layer-wise lr decay 0.75, drop path 0.2, 5 warm-up epochs then
 # cosine to 1e-6.
 #
@@ -16,7 +16,12 @@ model = dict(
     backbone=dict(arch='mae-l', drop_path_rate=0.2,
                   init_cfg=dict(type='Pretrained', checkpoint=checkpoint, prefix='backbone.')),
     head=dict(in_channels=1024))
-optim_wrapper = dict(optimizer=dict(lr=4e-3), paramwise_cfg=dict(layer_decay_rate=0.75))
+# the B config's AMP (AmpOptimWrapper) becomes FSDP2's bf16 policy on the blocks (the loss
+# scaler would see only its own gradient shard)
+optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                     constructor='LayerDecayOptimWrapperConstructor',
+                     optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05, betas=(0.9, 0.999)),
+                     paramwise_cfg=dict(layer_decay_rate=0.75, flat_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=5,
          convert_to_iter_based=True),
@@ -25,4 +30,5 @@ param_scheduler = [
 ]
 train_cfg = dict(by_epoch=True, max_epochs=50)
 
-model_wrapper_cfg = dict(type='FSDP2ModelWrapper')
+model_wrapper_cfg = dict(type='FSDP2ModelWrapper',
+                         mp_policy=dict(param_dtype='bfloat16', reduce_dtype='float32'))

@@ -32,6 +32,8 @@ PAPER_PARAMS = {
     'vision-llama-b-p16_8xb64-20e_in1k-192px-ft-224px.py': 86.4e6,
     'vision-llama-l-p16_8xb256-lamb-800e_in1k-128px.py': 310.3e6,
     'vision-llama-l-p16_8xb64-20e_in1k-128px-ft-224px.py': 310.3e6,
+    'vision-llama-l-p16_fsdp-8xb256-lamb-800e_in1k-128px.py': 310.3e6,  # FSDP2 variants
+    'vision-llama-l-p16_fsdp-8xb64-20e_in1k-128px-ft-224px.py': 310.3e6,
     'pyramid-vision-llama-s_8xb128_in1k.py': 25.9e6,
     'pyramid-vision-llama-b_8xb128_in1k.py': 56.0e6,
     'pyramid-vision-llama-l_8xb128_in1k.py': 104.7e6,

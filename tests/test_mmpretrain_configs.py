@@ -225,6 +225,12 @@ RECIPES = {
     MAE + 'mae_vision-llama-b-86m-p16_8xb512-amp-coslr-800e_in1k.py': (None, 224, 512, 'AdamW', 2.4e-3, .05, 800, 0.),
     MAE + 'benchmarks/vision-llama-b-p16_8xb128-coslr-100e_in1k.py': ('mae-b', 224, 128, 'AdamW', 2e-3, .05, 100, .1),
     MAE + 'benchmarks/vision-llama-b-p16_8xb2048-linear-coslr-90e_in1k.py': ('mae-b', 224, 2048, 'LARS', 6.4, 0., 90, 0.),
+    # FSDP2 variants (docs/distributed.md): the same recipes; MAE-L fine-tuning is mmpretrain's
+    # MAE ViT-L recipe (not a paper row)
+    VL + 'vision-llama-l-p16_fsdp-8xb256-lamb-800e_in1k-128px.py': ('l', 128, 256, 'Lamb', 1.2e-2, .05, 800, .45),
+    VL + 'vision-llama-l-p16_fsdp-8xb64-20e_in1k-128px-ft-224px.py': ('l', 224, 64, 'AdamW', 1e-5, .1, 20, .45),
+    MAE + 'mae_vision-llama-l-p16_fsdp-8xb512-bf16-coslr-800e_in1k.py': ('mae-l', 224, 256, 'AdamW', 2.4e-3, .05, 800, 0.),
+    MAE + 'benchmarks/vision-llama-l-p16_fsdp-8xb128-coslr-50e_in1k.py': ('mae-l', 224, 128, 'AdamW', 4e-3, .05, 50, .2),
 }
 
 
@@ -266,10 +272,16 @@ def test_recipe_values(rel):
              lambda t: crops.append(t['crop_size']) if t.get('type') == 'CenterCrop' else None)
     assert crops and set(crops) == {px}, crops
     if cfg.model.type == 'ImageClassifier':
-        dims = {'s': 384, 'b': 768, 'l': 1024, 'mae-b': 768}[arch]
+        dims = {'s': 384, 'b': 768, 'l': 1024, 'mae-b': 768, 'mae-l': 1024}[arch]
         if bb.type == 'PyramidVisionLLaMA':
             dims = {'s': 512, 'b': 768, 'l': 1024}[arch]
         assert cfg.model.head.in_channels == dims and cfg.model.head.num_classes == 1000
+    if '_fsdp-' in rel:  # FSDP2 variant: the wrapper and the checkpoint hook it needs
+        assert cfg.model_wrapper_cfg.type == 'FSDP2ModelWrapper'
+        assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
+        assert cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper'
+        if 'benchmarks/' in rel:  # MAE ViT-L fine-tuning: layer decay 0.75
+            assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.75
     if cfg.model.type == 'MAE':
         assert bb.type == 'VisionLLaMAMAE' and bb.mask_ratio == 0.75
         assert cfg.model.head.norm_pix and o.betas == (0.9, 0.95)

@@ -2,7 +2,7 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--cfg-options k=v ...]
     bash tools/dist_train.sh CONFIG GPUS [args]        # torchrun, --launcher pytorch
-    bash tools/slurm_train.sh PARTITION JOB CONFIG [args]
+    bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR [args]
 """
 import argparse
 import os

@@ -5,6 +5,7 @@ In a config: ``custom_imports = dict(imports=['vllama_mm.mmdet'], allow_failed_i
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
+from .engine.fsdp import register_fsdp2
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
 from .model_zoo import lazy_inferencer
 from .models import LN2d, PyramidVisionLLaMA, SimpleFPN, VisionLLaMA
@@ -14,6 +15,7 @@ from .registry_utils import register_modules
 # caller's scope, so mmdet heads and necks can use it
 register_modules(MODELS, [VisionLLaMA, PyramidVisionLLaMA, SimpleFPN, LN2d])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
+register_fsdp2()  # FSDP2ModelWrapper, FSDP2ExponentialMovingAverage (mmengine root)
 allow_mmengine_checkpoints()
 
 

@@ -8,6 +8,7 @@ import os.path as osp
 from mmpretrain.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
+from .engine.fsdp import register_fsdp2
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
 from .model_zoo import MODEL_INDEX
 from .models import VisionLLaMA, VisionLLaMAMAE, PyramidVisionLLaMA
@@ -15,6 +16,7 @@ from .registry_utils import register_modules
 
 register_modules(MODELS, [VisionLLaMA, VisionLLaMAMAE, PyramidVisionLLaMA])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
+register_fsdp2()  # FSDP2ModelWrapper, FSDP2ExponentialMovingAverage (mmengine root)
 allow_mmengine_checkpoints()
 
 

@@ -5,6 +5,7 @@ In a config: ``custom_imports = dict(imports=['vllama_mm.mmseg'], allow_failed_i
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .engine import allow_mmengine_checkpoints
+from .engine.fsdp import register_fsdp2
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
 from .model_zoo import lazy_inferencer
 from .models import VisionLLaMA, PyramidVisionLLaMA
@@ -12,6 +13,7 @@ from .registry_utils import register_modules
 
 register_modules(MODELS, [VisionLLaMA, PyramidVisionLLaMA])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
+register_fsdp2()  # FSDP2ModelWrapper, FSDP2ExponentialMovingAverage (mmengine root)
 allow_mmengine_checkpoints()
 
 

@@ -228,7 +228,9 @@ class AtomicCheckpointHook(CheckpointHook):
     def _write_atomic(self, save: Callable, out_dir: str, filename: str, *args,
                       **kwargs) -> None:
         """``runner.save_checkpoint`` into ``filename.tmp``, fsync, rename onto ``filename``."""
-        save(out_dir, filename + TMP_SUFFIX, *args, **kwargs)  # master_only in mmengine
+        from .fsdp import full_state_for_checkpoint  # FSDP2: gathered on every rank first
+        with full_state_for_checkpoint(getattr(save, '__self__', None)):
+            save(out_dir, filename + TMP_SUFFIX, *args, **kwargs)  # master_only in mmengine
         if not is_main_process():
             return
         tmp, final = osp.join(out_dir, filename + TMP_SUFFIX), osp.join(out_dir, filename)

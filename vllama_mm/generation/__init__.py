@@ -6,6 +6,7 @@ In a config: ``default_scope = 'vllama_mm'`` and
 and torchdiffeq (dopri5) are imported only when used.
 """
 from ..engine import allow_mmengine_checkpoints
+from ..engine.fsdp import register_fsdp2
 from ..models.dit_llama import DiTLLaMA
 from ..registry_utils import register_modules
 from .datasets import CachedLatents, ClassImageFolder, SyntheticClassImages
@@ -14,6 +15,7 @@ from .registry import DATASETS, MODELS
 
 register_modules(MODELS, [DiTLLaMA, DiTGenerator, SiTGenerator])
 register_modules(DATASETS, [ClassImageFolder, CachedLatents, SyntheticClassImages])
+register_fsdp2()  # FSDP2ModelWrapper, FSDP2ExponentialMovingAverage (mmengine root)
 allow_mmengine_checkpoints()
 
 __all__ = ['DiTLLaMA', 'DiTGenerator', 'SiTGenerator', 'ClassImageFolder', 'CachedLatents',

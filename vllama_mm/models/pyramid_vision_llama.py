@@ -20,6 +20,7 @@ from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, r
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block, cp_mode)
+from .backbone_utils import check_no_pretrained
 from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
@@ -83,6 +84,7 @@ class PyramidVisionLLaMA(BaseModule):
             ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
             (matmul and attention outputs kept, element-wise work recomputed).
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+        pretrained: only ``None`` (what mmseg / mmdet pass on); weights come via init_cfg.
         mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
             ablations (11a, 11g, 11b, 11d; ``'ntk_fixed'``), as in :class:`VisionLLaMA`;
             ``norm_type`` covers the block norms and the output norms (``norm``,
@@ -154,8 +156,10 @@ class PyramidVisionLLaMA(BaseModule):
                  use_peg: bool = False,
                  drop_path_schedule: str = 'linear',
                  drop_path_branches: str = 'both',
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None,
+                 pretrained: Optional[str] = None):
         super().__init__(init_cfg=init_cfg)
+        check_no_pretrained(type(self).__name__, pretrained)
         a = self._resolve_arch(arch)
         check_backbone_args(type(self).__name__, locals(), a, NUM_STAGES)
         self.arch_settings = a

@@ -10,6 +10,7 @@ from ..engine.validate import check_backbone_args, guard_traced_size
 from .attention import check_heads
 from .backbone_utils import (check_checkpoint_shapes, check_rates, init_module, is_pretrained,
                              resolve_arch, resolve_out_indices, run_block, cp_mode)
+from .backbone_utils import check_no_pretrained
 from .ablations import (ABS_POS_TYPES, AbsPosEmbed, build_norm, check_choice, mlp_hidden,
                         rope_rotary_dim)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
@@ -85,6 +86,7 @@ class VisionLLaMA(BaseModule):
         abs_pos_embed: None (default), ``'learnable'`` or ``'sincos'``: an absolute
             position embedding ``pos_embed`` added after the patch embedding (class
             token slot included), on top of RoPE (the authors' ``use_abs``/``lr_pe``).
+        pretrained: only ``None`` (what mmseg / mmdet pass on); weights come via init_cfg.
     """
 
     arch_zoo = {
@@ -133,8 +135,10 @@ class VisionLLaMA(BaseModule):
                  drop_path_schedule: str = 'linear',
                  drop_path_branches: str = 'both',
                  drop_path_per_window: bool = False,
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None,
+                 pretrained: Optional[str] = None):
         super().__init__(init_cfg=init_cfg)
+        check_no_pretrained(type(self).__name__, pretrained)
         self.arch_settings = resolve_arch(arch, self.arch_zoo, self.essential_keys,
                                           self.arch_defaults, type(self).__name__)
         a = self.arch_settings

@@ -79,11 +79,29 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
         fit_schedulers(cfg)
     if cfg.launcher != 'none':
         use_gloo_without_cuda(cfg)
+    drop_collate_scope(cfg)
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     if mode == 'train' and not getattr(args, 'skip_data_check', False):
         from .data_check import check_data
         check_data(cfg, 'train', quick=True)  # a few images per dataset / class
+    return cfg
+
+
+def drop_collate_scope(cfg: Config) -> Config:
+    """Remove the ``_scope_`` key from the dataloaders' ``collate_fn`` dicts.
+
+    A config inheriting a library base (``_base_ = 'mmpretrain::...'``) gets ``_scope_``
+    in every inherited dict with a ``type``; registries read it, but mmengine's Runner
+    passes the rest of ``collate_fn`` to the function as arguments, so mmpretrain's MAE
+    configs failed with ``default_collate() got an unexpected keyword argument
+    '_scope_'``. Collate functions are looked up without a scope anyway.
+    """
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        collate = loader.get('collate_fn') if isinstance(loader, dict) else None
+        if isinstance(collate, dict):
+            collate.pop('_scope_', None)
     return cfg
 
 

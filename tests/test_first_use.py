@@ -328,3 +328,26 @@ def test_dropin_checks_name_each_leftover():
     # not our backbone: nothing is checked
     check_dropin(Config(dict(model=dict(pretrained='p.pth', backbone=dict(type='MAE', x=1)),
                              optim_wrapper=dict(constructor='LayerDecayOptimizerConstructor'))))
+
+
+def test_dropin_channels_of_the_neck_and_heads_are_checked():
+    from vllama_mm.engine.dropin import check_dropin
+    det = dict(backbone=dict(type='PyramidVisionLLaMA', arch='s'),
+               neck=dict(type='FPN', in_channels=[96, 192, 384, 768]))
+    with pytest.raises(ConfigError, match=r"model.neck.in_channels=\[96, 192, 384, 768\] but "
+                       r"PyramidVisionLLaMA\(arch='s'\) gives \[64, 128, 256, 512\]: set "
+                       r"model.neck.in_channels=\[64, 128, 256, 512\]"):
+        check_dropin(Config(dict(model=det)))
+    check_dropin(Config(dict(model=dict(det, backbone=dict(type='PyramidVisionLLaMA',
+                                                           arch='b')))))
+    seg = dict(backbone=dict(type='PyramidVisionLLaMA', arch='l'),
+               decode_head=dict(in_channels=[128, 256, 512, 1024], in_index=[0, 1, 2, 3]),
+               auxiliary_head=dict(in_channels=384, in_index=2))
+    with pytest.raises(ConfigError, match=r'model.auxiliary_head.in_channels=384 .*set '
+                       r'model.auxiliary_head.in_channels=512'):
+        check_dropin(Config(dict(model=seg)))
+    plain = dict(backbone=dict(type='VisionLLaMA', arch='l', out_type='featmap',
+                               out_indices=(7, 11, 15, 23)),
+                 neck=dict(type='Feature2Pyramid', embed_dim=768))
+    with pytest.raises(ConfigError, match=r'model.neck.embed_dim=768 .*set model.neck.embed_dim=1024'):
+        check_dropin(Config(dict(model=plain)))

@@ -9,7 +9,7 @@ edit, before anything is built. README section "Drop-in into the libraries' own 
 lists the edits.
 """
 import inspect
-from typing import Any, Dict, Iterator, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from mmengine.config import Config
 
@@ -82,6 +82,7 @@ def check_dropin(cfg: Config) -> None:
                 f'{key}: {name} has no argument(s) {unknown} (left from the backbone this '
                 "config replaces?): write the backbone dict with _delete_=True, so that only "
                 f"{name}'s own arguments remain (README: drop-in into the libraries' configs)")
+    check_channels(cfg)
     # 3. the libraries' layer-decay constructors accept only BEiT / MAE / ConvNeXt classes
     wrapper = cfg.get('optim_wrapper')
     constructor = wrapper.get('constructor') if isinstance(wrapper, dict) else None
@@ -93,3 +94,78 @@ def check_dropin(cfg: Config) -> None:
             f"{_type_name(found[0][1])}): use constructor='LayerDecayOptimWrapperConstructor' "
             '(vllama_mm; it reads the same paramwise_cfg keys num_layers, layer_decay_rate, '
             'decay_rate, decay_type)')
+
+
+def backbone_channels(node: Dict) -> Optional[List[int]]:
+    """Channels of each feature map a dense (``featmap``) backbone dict gives, from its
+    ``arch`` and ``out_indices`` alone (nothing is built); None when not simple to tell."""
+    from .. import models
+    name = _type_name(node)
+    cls = getattr(models, name, None)
+    arch = node.get('arch', 'b')
+    if cls is None or node.get('out_type', 'featmap' if name == 'PyramidVisionLLaMA'
+                                  else 'cls_token') != 'featmap':
+        return None
+    if isinstance(arch, str):
+        preset = cls.arch_zoo.get(arch.lower())
+        dims = preset.get('embed_dims') if preset else None
+    else:
+        dims = arch.get('embed_dims') if isinstance(arch, dict) else None
+    out_indices = node.get('out_indices')
+    if name == 'PyramidVisionLLaMA':
+        if not (isinstance(dims, (list, tuple)) and len(dims) == 4):
+            return None
+        idx = list(range(4)) if out_indices is None else out_indices
+        idx = [idx] if isinstance(idx, int) else idx
+        try:
+            return [int(dims[i]) for i in idx]
+        except (TypeError, IndexError):
+            return None
+    if isinstance(dims, bool) or not isinstance(dims, int):
+        return None
+    idx = -1 if out_indices is None else out_indices
+    return [dims] * (1 if isinstance(idx, int) else len(idx))
+
+
+def check_channels(cfg: Config) -> None:
+    """The neck (or, without one, the decode / auxiliary heads) must take the channels the
+    swapped-in backbone gives; otherwise the first forward fails with a conv shape error
+    that does not say which key to change."""
+    model = cfg.get('model')
+    if not isinstance(model, dict) or not isinstance(model.get('backbone'), dict) or \
+            _type_name(model['backbone']) not in OUR_BACKBONES:
+        return
+    channels = backbone_channels(model['backbone'])
+    if not channels:
+        return
+    name = _type_name(model['backbone'])
+    arch = model['backbone'].get('arch', 'b')
+    gives = f"{name}(arch={arch!r}) gives {channels}"
+    neck = model.get('neck')
+    if isinstance(neck, dict):
+        want = neck.get('in_channels')
+        if isinstance(want, (list, tuple)) and list(want) != channels:
+            raise ConfigError(f'model.neck.in_channels={list(want)} but {gives}: set '
+                              f'model.neck.in_channels={channels}')
+        dim = neck.get('embed_dim')
+        if isinstance(dim, int) and 'in_channels' not in neck and \
+                any(c != dim for c in channels):
+            raise ConfigError(f'model.neck.embed_dim={dim} but {gives}: set '
+                              f'model.neck.embed_dim={channels[0]}')
+        return
+    for head_key in ('decode_head', 'auxiliary_head'):
+        heads = model.get(head_key)
+        for i, head in enumerate(heads if isinstance(heads, (list, tuple)) else [heads]):
+            if not isinstance(head, dict) or 'in_channels' not in head:
+                continue
+            key = f'model.{head_key}' + (f'.{i}' if isinstance(heads, (list, tuple)) else '')
+            want, index = head['in_channels'], head.get('in_index', -1)
+            try:
+                expected = [channels[j] for j in index] if isinstance(index, (list, tuple)) \
+                    else channels[index]
+            except (TypeError, IndexError):
+                continue
+            got = list(want) if isinstance(want, (list, tuple)) else want
+            if got != expected:
+                raise ConfigError(f'{key}.in_channels={got} but {gives} (in_index='
+                                  f'{index}): set {key}.in_channels={expected}')

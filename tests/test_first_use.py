@@ -64,6 +64,36 @@ def test_amp_config_on_cpu_error_suggests_a_command_that_runs(tmp_path, monkeypa
     assert osp.isfile(osp.join(work, 'iter_2.pth'))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a CPU-only machine')
+def test_amp_flag_on_cpu_suggests_dropping_it_and_that_runs(tmp_path, monkeypatch, capsys):
+    work = str(tmp_path / 'work')
+    argv = [TINY_DIT, '--work-dir', work, '--cfg-options', 'train_cfg.max_iters=1',
+            'default_hooks.checkpoint.interval=1']
+    code, out = run_tool('train', [TINY_DIT, '--amp', *argv[1:]], monkeypatch, capsys)
+    assert code == 2 and 'train without --amp (fp32) on CPU' in out.err
+    code, out = run_tool('train', argv, monkeypatch, capsys)
+    assert code == 0 and osp.isfile(osp.join(work, 'iter_1.pth')), out.err[-2000:]
+
+
+def test_sampling_raw_weights_without_ema_suggests_ema_and_that_runs(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A run without EMAHook: ``--weights raw`` is refused naming ``--weights ema``, which
+    samples a grid."""
+    work = str(tmp_path / 'work')
+    code, out = run_tool('train', [TINY_DIT, '--work-dir', work, '--cfg-options',
+                                   'train_cfg.max_iters=1', 'default_hooks.checkpoint.interval=1',
+                                   'custom_hooks=[]'], monkeypatch, capsys)
+    assert code == 0, out.err[-2000:]
+    sample = load_tool('tools/generation/sample.py', '_first_use_sample')
+    png = str(tmp_path / 'grid.png')
+    argv = [TINY_DIT, osp.join(work, 'iter_1.pth'), '--classes', '0', '1', '--n-per-class', '1',
+            '--steps', '2', '--out', png, '--device', 'cpu']
+    assert sample.main([*argv, '--weights', 'raw']) == 1
+    err = capsys.readouterr().err
+    assert 'has no ema_state_dict (no EMAHook): use --weights ema' in err
+    assert sample.main([*argv, '--weights', 'ema']) == 0 and osp.getsize(png) > 0
+
+
 def test_fp32_rewrites_only_the_amp_wrapper():
     from vllama_mm.engine.runner_utils import to_fp32
     cfg = Config(dict(optim_wrapper=dict(

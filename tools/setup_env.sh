@@ -108,9 +108,12 @@ fi
 
 step "mmpretrain $MMPRETRAIN_VERSION, mmsegmentation $MMSEG_VERSION, mmdet $MMDET_VERSION, tools"
 # openmim: 0.3.7 (see requirements/stack.in); psutil: mmdet's benchmark tool; model-index:
-# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export.
+# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export;
+# matplotlib (pinned for the libraries' visualizers) and grad-cam: mmpretrain's
+# browse_dataset.py / vis_cam.py.
 "${INSTALL[@]}" -q mmpretrain mmsegmentation mmdet ftfy regex pycocotools \
   openmim pandas psutil model-index diffusers torchdiffeq onnx onnxruntime onnxscript pytest \
+  matplotlib grad-cam \
   || die "could not install the OpenMMLab task libraries and tools"
 
 step "vllama_mm (editable)"

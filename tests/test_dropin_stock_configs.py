@@ -132,7 +132,6 @@ model = dict(
     neck=dict(num_patches=16, patch_size=8, embed_dim=64, decoder_embed_dim=32,
               decoder_depth=1, decoder_num_heads=2),
     head=dict(patch_size=8))
-train_dataloader = dict(dataset=dict(type='CustomDataset', data_prefix='train'))
 ''',
     VIT: _CLS_DATA + '''
 model = dict(

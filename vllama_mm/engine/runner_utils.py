@@ -167,7 +167,7 @@ def check_test_loop(cfg: Config, config: str) -> None:
     """tools/test.py: a config without a test loop (pre-training, generation) is a
     :class:`ConfigError` naming what to run instead, before any checkpoint is loaded
     (mmengine would fail only after loading, with ``self._test_loop should not be None``)."""
-    missing = [k for k in TEST_LOOP_KEYS if not cfg.get(k)]
+    missing = [k for k in TEST_LOOP_KEYS if cfg.get(k) is None]  # {} is a default loop
     if not missing:
         return
     model = cfg.get('model') or {}

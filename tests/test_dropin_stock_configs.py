@@ -76,7 +76,7 @@ TINY = {
     MAE_SEG: _SEG_DATA + '''
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(embed_dims=64, num_layers=4, num_heads=2), img_size=64,
+    backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=4, num_heads=2), img_size=64,
                   out_indices=(0, 1, 2, 3)),
     neck=dict(embed_dim=64, norm_cfg=norm_cfg),
     decode_head=dict(in_channels=[64] * 4, channels=32, norm_cfg=norm_cfg),
@@ -88,7 +88,7 @@ optim_wrapper = dict(paramwise_cfg=dict(num_layers=4))  # the tiny backbone's bl
 dims = [32, 64, 96, 128]
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(embed_dims=dims, depths=[1, 1, 1, 1]), img_size=64),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=dims, depths=[1, 1, 1, 1]), img_size=64),
     decode_head=dict(in_channels=dims, channels=32, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=dims[2], channels=16, norm_cfg=norm_cfg))
 ''',
@@ -96,7 +96,7 @@ model = dict(
 dims = [32, 64, 96, 128]
 ch = 32
 model = dict(
-    backbone=dict(arch=dict(embed_dims=dims, depths=[1, 1, 1, 1]), img_size=128),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=dims, depths=[1, 1, 1, 1]), img_size=128),
     neck=dict(in_channels=dims, out_channels=ch),
     rpn_head=dict(in_channels=ch, feat_channels=ch),
     roi_head=dict(
@@ -127,7 +127,7 @@ param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin
 ''',
     MAE_PRE: _CLS_DATA + '''
 model = dict(
-    backbone=dict(arch=dict(embed_dims=64, num_layers=2, num_heads=2), img_size=32,
+    backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=2, num_heads=2), img_size=32,
                   patch_size=8),
     neck=dict(num_patches=16, patch_size=8, embed_dim=64, decoder_embed_dim=32,
               decoder_depth=1, decoder_num_heads=2),
@@ -135,7 +135,7 @@ model = dict(
 ''',
     VIT: _CLS_DATA + '''
 model = dict(
-    backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2), img_size=32,
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2, num_heads=2), img_size=32,
                   patch_size=8),
     head=dict(num_classes=10, in_channels=32, hidden_dim=64))
 data_preprocessor = dict(num_classes=10)

@@ -381,3 +381,11 @@ def test_dropin_channels_of_the_neck_and_heads_are_checked():
                  neck=dict(type='Feature2Pyramid', embed_dim=768))
     with pytest.raises(ConfigError, match=r'model.neck.embed_dim=768 .*set model.neck.embed_dim=1024'):
         check_dropin(Config(dict(model=plain)))
+    vitdet = dict(backbone=dict(type='VisionLLaMA', arch='b', out_type='featmap'),
+                  neck=dict(type='SimpleFPN', backbone_channel=768,
+                            in_channels=[192, 384, 768, 768]))
+    check_dropin(Config(dict(model=vitdet)))  # SimpleFPN's in_channels are its outputs
+    vitdet['neck']['backbone_channel'] = 1024
+    with pytest.raises(ConfigError, match='model.neck.backbone_channel=1024 .*set '
+                       'model.neck.backbone_channel=768'):
+        check_dropin(Config(dict(model=vitdet)))

@@ -143,6 +143,12 @@ def check_channels(cfg: Config) -> None:
     gives = f"{name}(arch={arch!r}) gives {channels}"
     neck = model.get('neck')
     if isinstance(neck, dict):
+        if 'backbone_channel' in neck:  # ViTDet's SimpleFPN: in_channels are its outputs
+            dim = neck['backbone_channel']
+            if isinstance(dim, int) and any(c != dim for c in channels):
+                raise ConfigError(f'model.neck.backbone_channel={dim} but {gives}: set '
+                                  f'model.neck.backbone_channel={channels[-1]}')
+            return
         want = neck.get('in_channels')
         if isinstance(want, (list, tuple)) and list(want) != channels:
             raise ConfigError(f'model.neck.in_channels={list(want)} but {gives}: set '

@@ -11,7 +11,7 @@
 # Every pip call installs under `-c requirements/lock.txt`, the lock of the whole stack
 # (generated from requirements/stack.in by tools/update_lock.sh), so no later step can move
 # a package an earlier one pinned. The mmcv 2.1.0 ops are compiled against the installed
-# torch (~30 min on 2 idle cores, up to ~55 under load); the wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch,
+# torch (~30 min on 2 idle cores, up to ~65 under load); the wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch,
 # python, machine), because a wheel built against one torch fails at import with another
 # (undefined C++ symbols).
 set -euo pipefail

@@ -31,7 +31,9 @@ CONFIG = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data-root', default=osp.join(REPO, 'data/synthetic_imagenet'))
+    # its own folder: tools/generate_synthetic_data.py imagenet writes data/synthetic_imagenet
+    # with other sizes (and neither replaces a dataset the other wrote)
+    parser.add_argument('--data-root', default=osp.join(REPO, 'data/demo_imagenet'))
     parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs/demo'))
     parser.add_argument('--epochs', type=int, default=10)
     args = parser.parse_args()
@@ -39,7 +41,11 @@ def main() -> None:
         parser.error(f'--epochs must be at least 1, got {args.epochs}')
 
     t0 = time.time()
-    info = generate(args.data_root, num_train=100, num_val=20, img_size=64)
+    try:
+        info = generate(args.data_root, num_train=100, num_val=20, img_size=64,
+                        writer='tools/demo.py')
+    except FileExistsError as e:
+        sys.exit(f'error: {e}')
     print(f'[demo] data: {info}')
     cfg = Config.fromfile(CONFIG)
     cfg.work_dir = args.work_dir

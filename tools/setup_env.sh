@@ -11,7 +11,7 @@
 # Every pip call installs under `-c requirements/lock.txt`, the lock of the whole stack
 # (generated from requirements/stack.in by tools/update_lock.sh), so no later step can move
 # a package an earlier one pinned. The mmcv 2.1.0 ops are compiled against the installed
-# torch (~11 min on 2 cores); the wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch,
+# torch (~30 min on 2 idle cores, up to ~65 under load); the wheel is cached under $VLLAMA_CACHE keyed by (mmcv, torch,
 # python, machine), because a wheel built against one torch fails at import with another
 # (undefined C++ symbols).
 set -euo pipefail
@@ -91,7 +91,7 @@ if mmcv_ok; then
   echo "already installed and its ops load"
 else
   if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
-    echo "no cached wheel at $WHEEL_DIR: building (about 11 min on 2 cores) ..."
+    echo "no cached wheel at $WHEEL_DIR: building (about 30 min on 2 idle cores, longer under load) ..."
     mkdir -p "$WHEEL_DIR"
     tmp=$(mktemp -d)
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
@@ -108,9 +108,12 @@ fi
 
 step "mmpretrain $MMPRETRAIN_VERSION, mmsegmentation $MMSEG_VERSION, mmdet $MMDET_VERSION, tools"
 # openmim: 0.3.7 (see requirements/stack.in); psutil: mmdet's benchmark tool; model-index:
-# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export.
+# the model-zoo metafiles; diffusers/torchdiffeq: image generation; onnx*: ONNX export;
+# matplotlib (pinned for the libraries' visualizers) and grad-cam: mmpretrain's
+# browse_dataset.py / vis_cam.py.
 "${INSTALL[@]}" -q mmpretrain mmsegmentation mmdet ftfy regex pycocotools \
   openmim pandas psutil model-index diffusers torchdiffeq onnx onnxruntime onnxscript pytest \
+  matplotlib grad-cam \
   || die "could not install the OpenMMLab task libraries and tools"
 
 step "vllama_mm (editable)"

@@ -16,8 +16,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo chec
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import (build_runner, prepare_cfg,  # noqa: E402
-                                           prepare_test_cfg, run_or_exit)
+from vllama_mm.engine.runner_utils import (build_runner, check_test_loop,  # noqa: E402
+                                           prepare_cfg, prepare_test_cfg, run_or_exit)
 from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
 from vllama_mm.engine.weights import check_checkpoint_fits  # noqa: E402
 
@@ -53,6 +53,7 @@ def main() -> None:
     args = parse_args()
     try:  # user errors (bad config, paths, options, weights) -> 'error: ...', exit 2
         cfg = Config.fromfile(args.config)
+        check_test_loop(cfg, args.config)  # before anything is built or loaded
         cfg = prepare_cfg(cfg, args, mode='test')
         prepare_test_cfg(cfg, args)
         cfg.load_from = args.checkpoint

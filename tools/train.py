@@ -1,6 +1,7 @@
 """Train any vllama_mm (or stock OpenMMLab) config with the library named by its default_scope.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]] [--cfg-options k=v ...]
+    python tools/train.py CONFIG [--work-dir DIR] [--amp | --fp32] [--resume [CKPT]]
+        [--cfg-options k=v ...]
     bash tools/dist_train.sh CONFIG GPUS [args]        # torchrun, --launcher pytorch
     bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR [args]
 """
@@ -24,8 +25,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or from the latest checkpoint in the '
                         'work dir when no path is given')
-    parser.add_argument('--amp', action='store_true',
-                        help='fp16 automatic mixed precision (needs a GPU)')
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument('--amp', action='store_true',
+                           help='fp16 automatic mixed precision (needs a GPU)')
+    precision.add_argument('--fp32', action='store_true',
+                           help="train an AMP config in full precision (e.g. on a CPU): "
+                           'AmpOptimWrapper -> OptimWrapper without its AMP-only keys')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the actual batch size')
     parser.add_argument('--no-validate', action='store_true',

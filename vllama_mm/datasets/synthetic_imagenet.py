@@ -14,7 +14,7 @@ from typing import Dict, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .output_dir import claim_output_dir
+from .output_dir import claim_output_dir, stamp_text
 
 SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring')
 
@@ -61,17 +61,19 @@ def make_image(label: int, num_classes: int, size: int, rng: np.random.Generator
 
 
 def generate(out_dir: str, num_train: int = 64, num_val: int = 16, img_size: int = 64,
-             num_classes: int = 10, seed: int = 0) -> Dict[str, Union[str, int]]:
+             num_classes: int = 10, seed: int = 0,
+             writer: str = '') -> Dict[str, Union[str, int]]:
     """Write ``num_train``/``num_val`` images per class; returns the paths and counts.
 
     Idempotent: an existing, complete dataset with the same parameters is kept; one
-    written with others is replaced; foreign files are refused (:func:`claim_output_dir`).
+    written with others is replaced; foreign files, and a dataset another ``writer``
+    (e.g. ``'tools/demo.py'``) marked, are refused (:func:`claim_output_dir`).
     """
     stamp = osp.join(out_dir, '.complete')
     params = f'{num_train} {num_val} {img_size} {num_classes} {seed}'
     info = dict(data_root=out_dir, num_classes=num_classes,
                 num_train=num_train * num_classes, num_val=num_val * num_classes)
-    if claim_output_dir(out_dir, params, ('train', 'val', 'meta', 'classes.txt')):
+    if claim_output_dir(out_dir, params, ('train', 'val', 'meta', 'classes.txt'), writer):
         return info
     rng = np.random.default_rng(seed)
     classes = [f'class_{k:02d}' for k in range(num_classes)]
@@ -91,5 +93,5 @@ def generate(out_dir: str, num_train: int = 64, num_val: int = 16, img_size: int
     with open(osp.join(out_dir, 'classes.txt'), 'w') as f:
         f.write('\n'.join(classes) + '\n')
     with open(stamp, 'w') as f:
-        f.write(params)
+        f.write(stamp_text(params, writer))
     return info

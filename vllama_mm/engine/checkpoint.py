@@ -11,6 +11,8 @@ from typing import Any, List
 import torch
 
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
+#: numpy's core package under numpy 1 and numpy 2 (renamed), as pickles name it
+NUMPY_CORE_MODULES = ('numpy.core', 'numpy._core')
 
 
 def history_buffer_getattr(obj: Any, name: str) -> Any:
@@ -40,6 +42,11 @@ def mmengine_checkpoint_globals() -> List:
         from numpy import core
     safe = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct,
             core.multiarray.scalar]
+    # a pickle names the module of the numpy that wrote it: numpy.core.* (numpy 1) or
+    # numpy._core.* (numpy 2); either file must load under either numpy
+    for module in NUMPY_CORE_MODULES:
+        safe += [(core.multiarray._reconstruct, f'{module}.multiarray._reconstruct'),
+                 (core.multiarray.scalar, f'{module}.multiarray.scalar')]
     # numpy >= 1.25 pickles dtypes as instances of per-type classes (Float64DType ...)
     dtypes = getattr(np, 'dtypes', None)
     if dtypes is not None:

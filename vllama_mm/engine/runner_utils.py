@@ -49,6 +49,8 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if mode == 'train':
+        if getattr(args, 'fp32', False):
+            to_fp32(cfg)
         if getattr(args, 'amp', False):
             import torch
             if not torch.cuda.is_available():
@@ -80,11 +82,55 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     if mode == 'train':
         from .fsdp import check_fsdp_cfg
         check_fsdp_cfg(cfg)  # FSDP2ModelWrapper: AMP, checkpoint hook, EMA type
+    drop_collate_scope(cfg)
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     if mode == 'train' and not getattr(args, 'skip_data_check', False):
         from .data_check import check_data
         check_data(cfg, 'train', quick=True)  # a few images per dataset / class
+    return cfg
+
+
+def drop_collate_scope(cfg: Config) -> Config:
+    """Remove the ``_scope_`` key from the dataloaders' ``collate_fn`` dicts.
+
+    A config inheriting a library base (``_base_ = 'mmpretrain::...'``) gets ``_scope_``
+    in every inherited dict with a ``type``; registries read it, but mmengine's Runner
+    passes the rest of ``collate_fn`` to the function as arguments, so mmpretrain's MAE
+    configs failed with ``default_collate() got an unexpected keyword argument
+    '_scope_'``. Collate functions are looked up without a scope anyway.
+    """
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        collate = loader.get('collate_fn') if isinstance(loader, dict) else None
+        if isinstance(collate, dict):
+            collate.pop('_scope_', None)
+    return cfg
+
+
+#: ``AmpOptimWrapper`` arguments that mmengine's plain ``OptimWrapper`` does not take
+AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+
+
+def to_fp32(cfg: Config) -> Config:
+    """``tools/train.py --fp32``: an fp16/bf16 AMP config trains in full precision.
+
+    ``optim_wrapper.type`` ``AmpOptimWrapper`` becomes ``OptimWrapper`` and the keys only
+    the AMP wrapper takes (:data:`AMP_ONLY_KEYS`) are dropped; optimizer, constructor,
+    paramwise settings and gradient clipping are kept. Retyping alone (``--cfg-options
+    optim_wrapper.type=OptimWrapper``) fails on ``loss_scale``. A config already in fp32
+    is left as it is.
+    """
+    wrapper = cfg.get('optim_wrapper')
+    if not isinstance(wrapper, dict) or wrapper.get('type') not in (
+            'AmpOptimWrapper', 'mmengine.AmpOptimWrapper'):
+        return cfg
+    dropped = [k for k in AMP_ONLY_KEYS if k in wrapper]
+    for key in dropped:
+        wrapper.pop(key)
+    wrapper['type'] = 'OptimWrapper'
+    print('[vllama_mm] --fp32: optim_wrapper AmpOptimWrapper -> OptimWrapper'
+          + (f' (dropped {", ".join(dropped)})' if dropped else ''), file=sys.stderr)
     return cfg
 
 
@@ -114,6 +160,33 @@ def fit_schedulers(cfg: Config) -> Config:
                           f'(train_cfg.max_epochs={max_epochs})')
     cfg.param_scheduler = kept
     return cfg
+
+
+#: the keys mmengine's Runner needs for ``runner.test()``
+TEST_LOOP_KEYS = ('test_dataloader', 'test_cfg', 'test_evaluator')
+
+
+def check_test_loop(cfg: Config, config: str) -> None:
+    """tools/test.py: a config without a test loop (pre-training, generation) is a
+    :class:`ConfigError` naming what to run instead, before any checkpoint is loaded
+    (mmengine would fail only after loading, with ``self._test_loop should not be None``)."""
+    missing = [k for k in TEST_LOOP_KEYS if cfg.get(k) is None]  # {} is a default loop
+    if not missing:
+        return
+    model = cfg.get('model') or {}
+    if cfg.get('default_scope') == 'vllama_mm':
+        instead = ('it is an image-generation config: sample with tools/generation/sample.py '
+                   'CONFIG CKPT and score with tools/generation/fid.py (docs/generation.md)')
+    elif model.get('type') in ('MAE', 'mmpretrain.MAE'):
+        instead = ('it is MAE pre-training: evaluate the encoder with a fine-tuning or '
+                   'linear-probe config, e.g. configs/mmpretrain/mae/benchmarks/'
+                   'vision-llama-b-p16_8xb128-coslr-100e_in1k.py (its init_cfg checkpoint '
+                   'is the pre-trained file)')
+    else:
+        instead = ('use a config that defines them (the paper-row fine-tuning or evaluation '
+                   'config of this model)')
+    raise ConfigError(f'{config} has no test loop ({", ".join(missing)} not set), so '
+                      f'tools/test.py cannot evaluate it; {instead}')
 
 
 def prepare_test_cfg(cfg: Config, args: argparse.Namespace) -> Config:

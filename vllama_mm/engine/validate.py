@@ -264,13 +264,15 @@ def check_model_cfg(cfg: Config, mode: str = 'train') -> None:
             if not torch.cuda.is_available():
                 raise ConfigError(
                     "optim_wrapper.type: 'AmpOptimWrapper' (fp16 mixed precision) needs a "
-                    'GPU and this machine has no CUDA device; on CPU train in fp32 with '
-                    '--cfg-options optim_wrapper.type=OptimWrapper')
+                    'GPU and this machine has no CUDA device; on CPU train in fp32: add '
+                    '--fp32 to the tools/train.py command')
 
 
 def validate_cfg(cfg: Config, mode: str = 'train') -> None:
     """All checks for ``tools/train.py`` (``mode='train'``) / ``tools/test.py``."""
     check_data_paths(cfg, mode)
+    from .dropin import check_dropin
+    check_dropin(cfg)  # leftovers of a library config's own backbone
     check_model_cfg(cfg, mode)
     if mode == 'train':
         check_pretrained_files(cfg)

@@ -38,6 +38,17 @@ def resolve_arch(arch: Union[str, Dict], zoo: Dict[str, Dict], essential: Sequen
     return full
 
 
+def check_no_pretrained(owner: str, pretrained) -> None:
+    """Accept mmseg / mmdet's ``pretrained=None`` (EncoderDecoder and the detectors pass
+    ``model.pretrained`` on to the backbone); weights come only through ``init_cfg``."""
+    if pretrained is not None:
+        raise ValueError(
+            f'{owner}: pretrained={pretrained!r} is not supported (the model-level '
+            "`pretrained` key is passed on to the backbone): set model.pretrained=None and "
+            f"load the file with backbone init_cfg=dict(type='Pretrained', "
+            f'checkpoint={pretrained!r})')
+
+
 def is_pretrained(init_cfg) -> bool:
     """True when ``init_cfg`` loads a checkpoint (then the random init is skipped)."""
     return isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'

@@ -18,6 +18,7 @@ from .backbone_utils import cp_mode, resolve_arch, run_block
 from .base import (VisionLLaMABackbone, guard_traced_size, need_bool, need_int, need_rate,
                    need_real, need_size, resolve_out_indices, state_keys)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
+from .backbone_utils import check_no_pretrained
 from .rope import RoPE2D, Table, _pair, grid_positions
 
 NUM_STAGES = 4
@@ -90,6 +91,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
             (matmul and attention outputs kept, element-wise work recomputed).
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
+        pretrained: only ``None`` (what mmseg / mmdet pass on); weights come via init_cfg.
         mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
             ablations (11a, 11g, 11b, 11d; ``'ntk_fixed'``), as in :class:`VisionLLaMA`;
             ``norm_type`` covers the block norms and the output norms (``norm``,
@@ -168,9 +170,11 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                  use_peg: bool = False,
                  drop_path_schedule: str = 'linear',
                  drop_path_branches: str = 'both',
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None,
+                 pretrained: Optional[str] = None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
+        check_no_pretrained(owner, pretrained)
         self.arch_settings = a = self._resolve_arch(arch)
         self.embed_dims: List[int] = a['embed_dims']
         self.depths: List[int] = a['depths']

@@ -9,6 +9,7 @@ from .attention import check_heads
 from .backbone_utils import cp_mode, resolve_arch, run_block
 from .base import (VisionLLaMABackbone, guard_traced_size, need_bool, need_int, need_rate,
                    need_real, need_size, resolve_out_indices, state_keys)
+from .backbone_utils import check_no_pretrained
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
 from .rope import PREFIX_MODES, RoPE2D, _pair
 
@@ -82,6 +83,7 @@ class VisionLLaMA(VisionLLaMABackbone):
         abs_pos_embed: None (default), ``'learnable'`` or ``'sincos'``: an absolute
             position embedding ``pos_embed`` added after the patch embedding (class
             token slot included), on top of RoPE (the authors' ``use_abs``/``lr_pe``).
+        pretrained: only ``None`` (what mmseg / mmdet pass on); weights come via init_cfg.
     """
 
     arch_zoo = {
@@ -131,9 +133,11 @@ class VisionLLaMA(VisionLLaMABackbone):
                  drop_path_schedule: str = 'linear',
                  drop_path_branches: str = 'both',
                  drop_path_per_window: bool = False,
-                 init_cfg: Optional[Union[Dict, List[Dict]]] = None):
+                 init_cfg: Optional[Union[Dict, List[Dict]]] = None,
+                 pretrained: Optional[str] = None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
+        check_no_pretrained(owner, pretrained)
         self.arch_settings = a = resolve_arch(arch, self.arch_zoo, self.essential_keys,
                                               self.arch_defaults, owner)
         self.embed_dims, self.num_layers, self.num_heads = (

@@ -13,8 +13,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo chec
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import build_runner, prepare_cfg, run_or_exit  # noqa: E402
-from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
+from vllama_mm.engine.runner_utils import (CLI_ERRORS, build_runner, prepare_cfg,  # noqa: E402
+                                           run_or_exit)
+from vllama_mm.engine.validate import exit_with_error  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +51,7 @@ def main() -> None:
         cfg = Config.fromfile(args.config)
         cfg = prepare_cfg(cfg, args, mode='train')
         runner = build_runner(cfg)
-    except USER_ERRORS as e:
+    except CLI_ERRORS as e:
         exit_with_error(e)
     run_or_exit(runner, 'train')  # an error: one line here, the traceback in the log
 

@@ -151,3 +151,21 @@ def verify_checkpoint(path: str, error: type = None) -> None:
         raise CheckpointError(
             f'checkpoint file {path!r} is corrupted: the CRC of {bad!r} does not match '
             '(flipped bytes on disk or in transfer); copy or download it again')
+
+
+def check_finite_file(path: str) -> None:
+    """:func:`verify_checkpoint`, then refuse the file when a weight tensor is NaN / inf.
+
+    Loads with safe unpickling and ``mmap`` (tensors are paged in once for the check);
+    the weights are the file's ``state_dict`` (mmengine) or the file itself (a plain
+    state dict). Raises :class:`CheckpointError` naming the file and the tensors.
+    """
+    verify_checkpoint(path)
+    allow_mmengine_checkpoints()
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError:  # legacy files cannot be memory-mapped
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    check_finite_weights(sd, f'checkpoint {path!r}')
+

@@ -48,6 +48,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
+from .validate import ConfigError
 from .checkpoint import (CheckpointError, allow_mmengine_checkpoints, nonfinite_tensors,
                          verify_checkpoint)
 
@@ -57,7 +58,7 @@ LOCK_NAME = 'train.lock'
 CFG_JSON_KEY = 'vllama_mm_cfg_json'
 
 
-class WorkDirLocked(ValueError):
+class WorkDirLocked(ConfigError):
     """Another live training run holds the work dir (a user error: exit status 2)."""
 
 

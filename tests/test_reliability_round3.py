@@ -518,3 +518,80 @@ def test_a_failing_sample_names_its_file(workers):
     text = str(info.value)
     line = _worker_error(text) or text
     assert 'sub/bad.jpg: cannot load sample 1 (OSError: image file is truncated' in line, text
+
+
+# ------------------------------------------------------------ 28.6 the quick data check
+def _cls_cfg(root: str):
+    from mmengine.config import Config
+    loader = lambda split: dict(dataset=dict(type='CustomDataset', data_root=root,  # noqa
+                                             data_prefix=split))
+    return Config(dict(default_scope='mmpretrain', train_dataloader=loader('train'),
+                       val_dataloader=loader('val'), val_cfg=dict()))
+
+
+def test_quick_data_check_looks_at_every_class_and_knows_webp(tmp_path):
+    from PIL import Image
+
+    from vllama_mm.datasets import synthetic_imagenet
+    from vllama_mm.engine.data_check import DataError, check_data
+    root = str(tmp_path / 'imnet')
+    synthetic_imagenet.generate(root, num_train=2, num_val=1, img_size=16, num_classes=7)
+    check_data(_cls_cfg(root), quick=True)
+    last = osp.join(root, 'train', 'class_06')
+    bad = osp.join(last, sorted(os.listdir(last))[1])
+    open(bad, 'wb').write(b'not an image' * 10)
+    with pytest.raises(DataError, match=f'{bad}: cannot be decoded'):
+        check_data(_cls_cfg(root), quick=True)  # class index 6: looked at
+    open(bad, 'wb').write(open(osp.join(last, sorted(os.listdir(last))[0]), 'rb').read())
+    webp = osp.join(root, 'train', 'class_05')
+    for name in os.listdir(webp):
+        with Image.open(osp.join(webp, name)) as im:
+            im.convert('RGB').save(osp.join(webp, osp.splitext(name)[0] + '.webp'))
+        os.remove(osp.join(webp, name))
+    with pytest.raises(DataError, match=r'class_05: only \.webp images, which the dataset '
+                                        r'skips'):
+        check_data(_cls_cfg(root), quick=True)
+
+
+def _coco(tmp_path):
+    from mmengine.config import Config
+
+    from vllama_mm.datasets import synthetic_coco
+    root = str(tmp_path / 'coco')
+    synthetic_coco.generate(root, num_train=1, num_val=3)
+    ann_file = osp.join(root, 'annotations', 'instances_val2017.json')
+    ds = dict(type='CocoDataset', data_root=root, ann_file='annotations/instances_val2017.json',
+              data_prefix=dict(img='val2017/'),
+              pipeline=[dict(type='LoadImageFromFile'),
+                        dict(type='LoadAnnotations', with_bbox=True, with_mask=True)])
+    return ann_file, Config(dict(default_scope='mmdet', test_dataloader=dict(dataset=ds)))
+
+
+@pytest.mark.parametrize('fault,match', [
+    ('zero_boxes', r'all \d+ annotations have boxes of zero size'),
+    ('two_point_polygons', r'all \d+ annotations have segmentations whose polygons have '
+                           r'fewer than 3 points'),
+    ('image_size', r'val2017/\S+: the image is \d+x\d+ \(w x h\) but \S+ says 999x7'),
+])
+def test_coco_that_would_train_on_nothing_is_reported(tmp_path, fault, match, capsys):
+    from vllama_mm.engine.data_check import DataError, check_data
+    ann_file, cfg = _coco(tmp_path)
+    check_data(cfg, mode='test', quick=True)
+    coco = json.load(open(ann_file))
+    anns = coco['annotations']
+    for ann in anns if fault != 'image_size' else []:
+        if fault == 'zero_boxes':
+            ann['bbox'][2] = 0
+        else:
+            ann['segmentation'] = [[1, 1, 5, 5]]
+    if fault == 'image_size':
+        coco['images'][0].update(width=999, height=7)
+    json.dump(coco, open(ann_file, 'w'))
+    with pytest.raises(DataError, match=match):
+        check_data(cfg, mode='test', quick=True)
+    if fault == 'zero_boxes':  # only some: said, not fatal
+        anns[0]['bbox'][2] = 3
+        json.dump(coco, open(ann_file, 'w'))
+        check_data(cfg, mode='test', quick=True)
+        assert f'{len(anns) - 1} of {len(anns)} annotations have boxes of zero size' in \
+            capsys.readouterr().err

@@ -595,3 +595,20 @@ def test_coco_that_would_train_on_nothing_is_reported(tmp_path, fault, match, ca
         check_data(cfg, mode='test', quick=True)
         assert f'{len(anns) - 1} of {len(anns)} annotations have boxes of zero size' in \
             capsys.readouterr().err
+
+
+# ------------------------------------------------------------ 27.2 generation configs
+def test_generation_resume_with_another_model_is_refused(tmp_path, monkeypatch, capsys):
+    work = str(tmp_path / 'sit')
+    opts = ['train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2',
+            'train_dataloader.batch_size=2']
+    rc, out = _train([SIT, '--work-dir', work, '--cfg-options', *opts], monkeypatch, capsys)
+    assert rc == 0, out.err[-3000:]
+    assert osp.isfile(osp.join(work, 'iter_2.pth'))
+    assert not osp.exists(osp.join(work, 'train.lock'))  # released at the end
+    rc, out = _train([SIT, '--work-dir', work, '--resume', '--cfg-options', *opts,
+                      'train_cfg.max_iters=3', 'model.denoiser.arch.num_layers=2'],
+                     monkeypatch, capsys)
+    assert rc == 1, out.err[-3000:]
+    line = _one_line(out.err)
+    assert 'the model config differs' in line and 'num_layers: 4 -> 2' in line, line

@@ -167,22 +167,37 @@ def find_resumable_checkpoint(work_dir: str,
     skipped: List[str] = []
     foreign: List[str] = []
     ranked: List[Tuple[Tuple[int, int], int, str]] = []
-    for path in candidates:
-        try:
-            verify_checkpoint(path)
-        except CheckpointError as e:
-            skipped.append(str(e))
-            if recorded is not None and path == recorded:
-                problem = str(e)
-            continue
+    unreadable: List[str] = []
+    for path in candidates:  # the pickle only: cheap, tensors are not read
         prog = checkpoint_progress(path)
         if prog is None:
+            unreadable.append(path)
+        else:
+            ranked.append((prog, int(path == recorded), path))
+    for path in unreadable:  # damaged (named) or not a training checkpoint (ignored)
+        try:
+            verify_checkpoint(path)
             foreign.append(path)
+        except CheckpointError as e:
+            skipped.append(str(e))
+            if path == recorded:
+                problem = str(e)
+    chosen = None
+    for entry in sorted(ranked, reverse=True):  # newest first; verify until one is intact
+        try:
+            verify_checkpoint(entry[2])
+        except CheckpointError as e:
+            skipped.append(str(e))
+            if entry[2] == recorded:
+                problem = str(e)
             continue
-        ranked.append((prog, int(path == recorded), path))
+        chosen = entry
+        break
+    if recorded is not None and recorded in foreign:
+        problem = f'{record} names {recorded}, which is not a training checkpoint'
     ignored = (f'; ignored {", ".join(foreign)}: not mmengine training checkpoints (no '
                'meta epoch / iter)') if foreign else ''
-    if not ranked:
+    if chosen is None:
         if recorded is None and not skipped:
             return None, (f'nothing to resume in {ckpt_dir}{ignored}; training from the '
                           'start' if foreign else '')
@@ -190,7 +205,7 @@ def find_resumable_checkpoint(work_dir: str,
                               f', and no other intact checkpoint is there '
                               f'({"; ".join(skipped) or "none found"}){ignored}. Pass one '
                               'with --resume PATH, or start without --resume.')
-    prog, _, path = max(ranked)
+    prog, _, path = chosen
     where = f' (skipped: {"; ".join(skipped)})' if skipped else ''
     if recorded is not None and path == recorded:
         if ignored or skipped:
@@ -292,7 +307,7 @@ def release_work_dir_lock(work_dir: str) -> None:
         pass
 
 
-def remove_stale_temporaries(ckpt_dir: str) -> List[str]:
+def remove_stale_temporaries(ckpt_dir: str, log: bool = True) -> List[str]:
     """Delete ``*.tmp`` leftovers of a killed checkpoint write; returns their paths.
 
     Call with the work-dir lock held (a live run's temporary is not stale). Run before
@@ -305,8 +320,9 @@ def remove_stale_temporaries(ckpt_dir: str) -> List[str]:
         except FileNotFoundError:
             continue
         removed.append(tmp)
-        print_log(f'removed {tmp}: an incomplete checkpoint of an interrupted save',
-                  logger='current')
+        if log:
+            print_log(f'removed {tmp}: an incomplete checkpoint of an interrupted save',
+                      logger='current')
     return removed
 
 

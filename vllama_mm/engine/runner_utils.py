@@ -287,11 +287,10 @@ def _sample_file(dataset: Any, index: int) -> str:
         info = dataset.get_data_info(index)
     except Exception:  # noqa: BLE001 - no name to give
         return ''
-    if isinstance(info, dict):
-        for key in _PATH_KEYS:
-            if isinstance(info.get(key), str):
-                return info[key]
-    return ''
+    if not isinstance(info, dict):
+        return ''
+    paths = [info[k] for k in _PATH_KEYS if isinstance(info.get(k), str) and info[k]]
+    return ' / '.join(dict.fromkeys(paths))  # image and label map of segmentation
 
 
 def name_failing_samples(dataset: Any) -> Any:
@@ -388,7 +387,7 @@ def prepare_work_dir(cfg: Config, mode: str = 'train') -> None:
     if isinstance(ckpt, dict) and ckpt.get('type') in ('AtomicCheckpointHook',
                                                        'mmengine.AtomicCheckpointHook') \
             and osp.isdir(ckpt_dir):
-        for tmp in remove_stale_temporaries(ckpt_dir):
+        for tmp in remove_stale_temporaries(ckpt_dir, log=False):
             print(f'[vllama_mm] removed {tmp}: an incomplete checkpoint of an interrupted '
                   'save', file=sys.stderr)
 

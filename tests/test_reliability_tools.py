@@ -158,3 +158,61 @@ def test_train_checks_the_data_first(tiny, monkeypatch, capsys, tmp_path):
                             monkeypatch, capsys)
     assert status == 2, out.err[-2000:]
     assert f'error: dataset check failed: {bad}: empty file (0 bytes)' in out.err
+
+
+# ---------------------------------------------------------------- round 3 (issues 27, 28)
+def test_tools_test_refuses_nonfinite_weights_and_executes_nothing(tiny, monkeypatch, capsys,
+                                                                   tmp_path):
+    cfg, ckpts, _ = tiny
+    sd = torch.load(ckpts['good'])['state_dict']
+    name = sorted(sd)[-1]
+    nan = {k: v.clone() for k, v in sd.items()}
+    nan[name].view(-1)[0] = float('inf')
+    torch.save({'state_dict': nan}, tmp_path / 'nan.pth')
+    status, out = _run_tool('test', [cfg, str(tmp_path / 'nan.pth'), '--work-dir',
+                                     str(tmp_path / 'w')], monkeypatch, capsys)
+    assert status == 2 and 'NaN or inf' in out.err and name in out.err, out.err[-2000:]
+    marker = tmp_path / 'marker'
+    evil = {'state_dict': sd, 'meta': {'cfg': f"a = 1\nopen(r'{marker}', 'w').write('ran')\n"}}
+    torch.save(evil, tmp_path / 'evil.pth')
+    status, out = _run_tool('test', [cfg, str(tmp_path / 'evil.pth'), '--work-dir',
+                                     str(tmp_path / 'w')], monkeypatch, capsys)
+    assert status == 0, out.err[-2000:]
+    assert not marker.exists()
+
+
+def test_a_bad_image_met_in_a_worker_is_one_line_naming_it(tiny, monkeypatch, capsys, tmp_path):
+    import shutil
+    cfg, _, root = tiny
+    data = tmp_path / 'data'
+    shutil.copytree(root / 'data', data)
+    bad = data / 'train' / 'class_01' / 'train_01_00000.JPEG'
+    bad.write_bytes(b'not a jpeg at all' * 10)
+    status, out = _run_tool('train', [cfg, '--work-dir', str(tmp_path / 'w'),
+                                      '--skip-data-check', '--cfg-options',
+                                      f'train_dataloader.dataset.data_root={data}',
+                                      'train_dataloader.num_workers=1', '--no-validate'],
+                            monkeypatch, capsys)
+    assert status == 1, out.err[-2000:]
+    line = [ln for ln in out.err.splitlines() if ln.startswith('error:')]
+    assert len(line) == 1 and f'{bad}: cannot load sample' in line[0], out.err[-2000:]
+
+
+def test_export_tool_on_refused_and_truncated_files_is_one_line(tiny, tmp_path, capsys):
+    import pickle
+    import os
+    cfg, ckpts, _ = tiny
+    export = load_tool('tools/deployment/pytorch2onnx.py', '_rel_tool_export')
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(open(ckpts['good'], 'rb').read()[:-300])
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ('true', ))
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': Boom()}, evil, pickle_module=pickle)
+    for path, needle in ((cut, 'truncated or corrupted'), (evil, 'error:')):
+        assert export.main([cfg, str(path), '--out-dir', str(tmp_path / 'onnx')]) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
+        assert len(lines) == 1 and needle in lines[0] and 'Traceback' not in err, err

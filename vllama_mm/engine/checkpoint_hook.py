@@ -277,7 +277,8 @@ def acquire_work_dir_lock(work_dir: str) -> str:
                     f"{host}, started {other.get('started')} ({other.get('cmd', '?')}). Wait "
                     'for it to end, choose another --work-dir, or, if that process is gone, '
                     f'remove {path}')
-            what = f'of pid {pid} on {host}, which is no longer running' if other else                 'that is not readable'
+            what = f'of pid {pid} on {host}, which is no longer running' if other \
+                else 'that is not readable'
             print(f'[vllama_mm] removing a stale lock {path} ({what})', file=sys.stderr)
             try:
                 os.remove(path)

@@ -48,9 +48,9 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
-from .validate import ConfigError
 from .checkpoint import (CheckpointError, allow_mmengine_checkpoints, nonfinite_tensors,
                          verify_checkpoint)
+from .validate import ConfigError
 
 TMP_SUFFIX = '.tmp'
 LOCK_NAME = 'train.lock'
@@ -402,7 +402,7 @@ def stored_config(checkpoint: dict) -> Tuple[Optional[Dict[str, Any]], str]:
                       'not executed')
 
 
-_DEFAULTS_CACHE: Dict[str, Dict[str, Any]] = {}
+_DEFAULTS_CACHE: Dict[Tuple[str, str], Dict[str, Any]] = {}
 
 
 def class_defaults(type_name: Any) -> Dict[str, Any]:
@@ -410,9 +410,11 @@ def class_defaults(type_name: Any) -> Dict[str, Any]:
     registries (MODELS first); ``{}`` when it cannot be resolved."""
     if not isinstance(type_name, str):
         return {}
-    if type_name in _DEFAULTS_CACHE:
-        return _DEFAULTS_CACHE[type_name]
     from mmengine import registry
+    scope = registry.DefaultScope.get_current_instance()
+    key = (scope.scope_name if scope is not None else '', type_name)
+    if key in _DEFAULTS_CACHE:
+        return _DEFAULTS_CACHE[key]
     found: Dict[str, Any] = {}
     for reg in (registry.MODELS, registry.DATASETS, registry.TRANSFORMS):
         try:
@@ -427,7 +429,7 @@ def class_defaults(type_name: Any) -> Dict[str, Any]:
             found = {p.name: p.default for p in params
                      if p.default is not inspect.Parameter.empty}
             break
-    _DEFAULTS_CACHE[type_name] = found
+    _DEFAULTS_CACHE[key] = found
     return found
 
 

@@ -216,3 +216,19 @@ def test_export_tool_on_refused_and_truncated_files_is_one_line(tiny, tmp_path, 
         err = capsys.readouterr().err
         lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
         assert len(lines) == 1 and needle in lines[0] and 'Traceback' not in err, err
+
+
+def test_resume_fills_defaults_from_the_library_registry(tiny):
+    """An explicit rope_type='as2d' (the default) is the same model on resume."""
+    from mmengine.registry import init_default_scope
+
+    from vllama_mm.engine.checkpoint_hook import class_defaults, config_diff
+    init_default_scope('mmpretrain')
+    assert class_defaults('VisionLLaMA')['rope_type'] == 'as2d'
+    old = dict(type='ImageClassifier', backbone=dict(type='VisionLLaMA', arch='tiny'))
+    new = dict(type='ImageClassifier',
+               backbone=dict(type='VisionLLaMA', arch='tiny', rope_type='as2d'))
+    assert config_diff(old, new, 'model', class_defaults) == []
+    new['backbone']['rope_type'] = '2d'
+    assert config_diff(old, new, 'model', class_defaults) == \
+        ["model.backbone.rope_type: 'as2d' -> '2d'"]

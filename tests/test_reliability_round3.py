@@ -453,12 +453,12 @@ def test_one_line_errors_of_tools_train(tmp_path, monkeypatch, capsys):
     syntax = tmp_path / 'syntax.py'
     syntax.write_text(f"_base_ = [{SIT!r}]\nmodel = dict(\n")
     rc, out = _train([str(syntax)], monkeypatch, capsys)
-    assert rc == 2 and 'syntax' in _one_line(out.err).lower()
+    assert rc == 2 and f'syntax error in config {syntax}' in _one_line(out.err)
     imports = tmp_path / 'imports.py'
     imports.write_text(f"_base_ = [{SIT!r}]\ncustom_imports = dict(imports=['no_such_module_r3'],"
                        " allow_failed_imports=False)\n")
     rc, out = _train([str(imports)], monkeypatch, capsys)
-    assert rc == 2 and 'no_such_module_r3' in _one_line(out.err)
+    assert rc == 2 and "custom_imports: cannot import 'no_such_module_r3'" in _one_line(out.err)
     a_file = tmp_path / 'a_file'
     a_file.write_text('x')
     rc, out = _train([SIT, '--work-dir', str(a_file)], monkeypatch, capsys)

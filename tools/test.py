@@ -14,10 +14,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo checkout
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import (CLI_ERRORS, build_runner, prepare_cfg,  # noqa: E402
-                                           prepare_test_cfg, run_or_exit)
+from vllama_mm.engine.runner_utils import (CLI_ERRORS, build_runner, load_config,  # noqa: E402
+                                           prepare_cfg, prepare_test_cfg, run_or_exit)
 from vllama_mm.engine.checkpoint import check_finite_file  # noqa: E402
 from vllama_mm.engine.validate import exit_with_error  # noqa: E402
 from vllama_mm.engine.weights import check_checkpoint_fits  # noqa: E402
@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:  # user errors (bad config, paths, options, weights) -> 'error: ...', exit 2
-        cfg = Config.fromfile(args.config)
+        cfg = load_config(args.config)  # syntax / custom_imports errors: one line
         cfg = prepare_cfg(cfg, args, mode='test')
         prepare_test_cfg(cfg, args)
         cfg.load_from = args.checkpoint

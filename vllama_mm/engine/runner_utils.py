@@ -30,6 +30,28 @@ SCOPES = ('mmpretrain', 'mmseg', 'mmdet', 'vllama_mm')
 _PLUGIN_MODULES = {'vllama_mm': 'vllama_mm.generation'}
 
 
+def load_config(path: str) -> Config:
+    """``Config.fromfile`` whose syntax and ``custom_imports`` errors name the file and
+    the module (a :class:`ConfigError`: one line from the tools)."""
+    if not osp.isfile(path):
+        raise ConfigError(f'config file not found: {path!r}')
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:
+        where = e.filename if e.filename and e.filename != '<unknown>' else \
+            f'{path} (or one of its _base_ files)'
+        raise ConfigError(f'syntax error in config {where}, line {e.lineno}: {e.msg}') from e
+    except ImportError as e:
+        cause: Any = e
+        while cause is not None and not getattr(cause, 'name', None):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ConfigError(f'config {path}: custom_imports: cannot import {cause.name!r} '
+                          f'({cause}); install it, fix the module name, or put its folder '
+                          'on PYTHONPATH') from e
+
+
 def import_plugin(cfg: Config) -> str:
     """Import ``vllama_mm.<default_scope>`` (``vllama_mm.generation`` for the plugin's own
     scope ``vllama_mm``); returns the scope."""

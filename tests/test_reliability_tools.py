@@ -189,9 +189,9 @@ def test_a_bad_image_met_in_a_worker_is_one_line_naming_it(tiny, monkeypatch, ca
     bad = data / 'train' / 'class_01' / 'train_01_00000.JPEG'
     bad.write_bytes(b'not a jpeg at all' * 10)
     status, out = _run_tool('train', [cfg, '--work-dir', str(tmp_path / 'w'),
-                                      '--skip-data-check', '--cfg-options',
+                                      '--skip-data-check', '--no-validate', '--cfg-options',
                                       f'train_dataloader.dataset.data_root={data}',
-                                      'train_dataloader.num_workers=1', '--no-validate'],
+                                      'train_dataloader.num_workers=1'],
                             monkeypatch, capsys)
     assert status == 1, out.err[-2000:]
     line = [ln for ln in out.err.splitlines() if ln.startswith('error:')]

@@ -416,11 +416,17 @@ def class_defaults(type_name: Any) -> Dict[str, Any]:
     if key in _DEFAULTS_CACHE:
         return _DEFAULTS_CACHE[key]
     found: Dict[str, Any] = {}
+    names = [type_name] if '.' in type_name or not key[0] else \
+        [f'{key[0]}.{type_name}', type_name]  # the root registries search by scope prefix
     for reg in (registry.MODELS, registry.DATASETS, registry.TRANSFORMS):
-        try:
-            cls = reg.get(type_name)
-        except Exception:  # noqa: BLE001 - unresolvable in this scope
-            cls = None
+        cls = None
+        for name in names:
+            try:
+                cls = reg.get(name)
+            except Exception:  # noqa: BLE001 - unresolvable in this scope
+                cls = None
+            if cls is not None:
+                break
         if cls is not None:
             try:
                 params = inspect.signature(cls).parameters.values()

@@ -172,3 +172,25 @@ def test_det_inferencer_by_name():
     img = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     out = inferencer(img, return_vis=False, no_save_vis=True, no_save_pred=True)
     assert set(out['predictions'][0]) >= {'labels', 'scores', 'bboxes', 'masks'}
+
+
+def test_mmseg_inferencer_refuses_nonfinite_weights_and_executes_no_checkpoint_config(
+        tmp_path):
+    """Weights with a NaN are named; weights without a config: the checkpoint's config is
+    read as data (mmengine's inferencer would execute its meta['cfg'] text)."""
+    from vllama_mm.engine.checkpoint import CheckpointError
+    from vllama_mm.mmseg import MMSegInferencer
+    name = 'upernet_pvllama-tiny_1xb2-20i_synthetic-ade20k-64x64'
+    sd = MMSegInferencer(name, device='cpu').model.state_dict()
+    bad = dict(sd)
+    key = sorted(k for k in sd if sd[k].is_floating_point())[0]
+    bad[key] = sd[key].clone().fill_(float('nan'))
+    torch.save({'state_dict': bad}, tmp_path / 'nan.pth')
+    with pytest.raises(CheckpointError, match=f'NaN or inf .*{key}'):
+        MMSegInferencer(name, weights=str(tmp_path / 'nan.pth'), device='cpu')
+    marker = tmp_path / 'marker'
+    torch.save({'state_dict': sd, 'meta': {'cfg': f"open(r'{marker}', 'w').write('ran')\n"}},
+               tmp_path / 'evil.pth')
+    with pytest.raises(ValueError, match='cannot be read as data'):
+        MMSegInferencer(None, weights=str(tmp_path / 'evil.pth'), device='cpu')
+    assert not marker.exists()

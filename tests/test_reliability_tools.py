@@ -14,12 +14,15 @@ from _tool_loader import load_tool  # noqa: E402  (tests/)
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
                 'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
-CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'mm*', '**', '*.py'), recursive=True))
+# every config family, generation included (the _base_ fragments are not runnable configs)
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+                 if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[osp.relpath(p, REPO) for p in CONFIGS])
 def test_every_config_has_atomic_checkpoints_and_a_timeout(path):
     cfg = Config.fromfile(path)
+    # atomic writes, resume honesty and the stop at non-finite losses come with this hook
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
     timeout = cfg.env_cfg.dist_cfg.timeout
     assert isinstance(timeout, int) and timeout > 0
@@ -155,3 +158,77 @@ def test_train_checks_the_data_first(tiny, monkeypatch, capsys, tmp_path):
                             monkeypatch, capsys)
     assert status == 2, out.err[-2000:]
     assert f'error: dataset check failed: {bad}: empty file (0 bytes)' in out.err
+
+
+# ---------------------------------------------------------------- round 3 (issues 27, 28)
+def test_tools_test_refuses_nonfinite_weights_and_executes_nothing(tiny, monkeypatch, capsys,
+                                                                   tmp_path):
+    cfg, ckpts, _ = tiny
+    sd = torch.load(ckpts['good'])['state_dict']
+    name = sorted(sd)[-1]
+    nan = {k: v.clone() for k, v in sd.items()}
+    nan[name].view(-1)[0] = float('inf')
+    torch.save({'state_dict': nan}, tmp_path / 'nan.pth')
+    status, out = _run_tool('test', [cfg, str(tmp_path / 'nan.pth'), '--work-dir',
+                                     str(tmp_path / 'w')], monkeypatch, capsys)
+    assert status == 2 and 'NaN or inf' in out.err and name in out.err, out.err[-2000:]
+    marker = tmp_path / 'marker'
+    evil = {'state_dict': sd, 'meta': {'cfg': f"a = 1\nopen(r'{marker}', 'w').write('ran')\n"}}
+    torch.save(evil, tmp_path / 'evil.pth')
+    status, out = _run_tool('test', [cfg, str(tmp_path / 'evil.pth'), '--work-dir',
+                                     str(tmp_path / 'w')], monkeypatch, capsys)
+    assert status == 0, out.err[-2000:]
+    assert not marker.exists()
+
+
+def test_a_bad_image_met_in_a_worker_is_one_line_naming_it(tiny, monkeypatch, capsys, tmp_path):
+    import shutil
+    cfg, _, root = tiny
+    data = tmp_path / 'data'
+    shutil.copytree(root / 'data', data)
+    bad = data / 'train' / 'class_01' / 'train_01_00000.JPEG'
+    bad.write_bytes(b'not a jpeg at all' * 10)
+    status, out = _run_tool('train', [cfg, '--work-dir', str(tmp_path / 'w'),
+                                      '--skip-data-check', '--no-validate', '--cfg-options',
+                                      f'train_dataloader.dataset.data_root={data}',
+                                      'train_dataloader.num_workers=1'],
+                            monkeypatch, capsys)
+    assert status == 1, out.err[-2000:]
+    line = [ln for ln in out.err.splitlines() if ln.startswith('error:')]
+    assert len(line) == 1 and f'{bad}: cannot load sample' in line[0], out.err[-2000:]
+
+
+def test_export_tool_on_refused_and_truncated_files_is_one_line(tiny, tmp_path, capsys):
+    import pickle
+    import os
+    cfg, ckpts, _ = tiny
+    export = load_tool('tools/deployment/pytorch2onnx.py', '_rel_tool_export')
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(open(ckpts['good'], 'rb').read()[:-300])
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ('true', ))
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': Boom()}, evil, pickle_module=pickle)
+    for path, needle in ((cut, 'truncated or corrupted'), (evil, 'error:')):
+        assert export.main([cfg, str(path), '--out-dir', str(tmp_path / 'onnx')]) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
+        assert len(lines) == 1 and needle in lines[0] and 'Traceback' not in err, err
+
+
+def test_resume_fills_defaults_from_the_library_registry(tiny):
+    """An explicit rope_type='as2d' (the default) is the same model on resume."""
+    from mmengine.registry import init_default_scope
+
+    from vllama_mm.engine.checkpoint_hook import class_defaults, config_diff
+    init_default_scope('mmpretrain')
+    assert class_defaults('VisionLLaMA')['rope_type'] == 'as2d'
+    old = dict(type='ImageClassifier', backbone=dict(type='VisionLLaMA', arch='tiny'))
+    new = dict(type='ImageClassifier',
+               backbone=dict(type='VisionLLaMA', arch='tiny', rope_type='as2d'))
+    assert config_diff(old, new, 'model', class_defaults) == []
+    new['backbone']['rope_type'] = '2d'
+    assert config_diff(old, new, 'model', class_defaults) == \
+        ["model.backbone.rope_type: 'as2d' -> '2d'"]

@@ -14,11 +14,13 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo checkout
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import (build_runner, check_test_loop,  # noqa: E402
-                                           prepare_cfg, prepare_test_cfg, run_or_exit)
-from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
+from vllama_mm.engine.runner_utils import (CLI_ERRORS, build_runner, check_test_loop,  # noqa: E402
+                                           load_config, prepare_cfg, prepare_test_cfg,
+                                           run_or_exit)
+from vllama_mm.engine.checkpoint import check_finite_file  # noqa: E402
+from vllama_mm.engine.validate import exit_with_error  # noqa: E402
 from vllama_mm.engine.weights import check_checkpoint_fits  # noqa: E402
 
 
@@ -52,15 +54,16 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:  # user errors (bad config, paths, options, weights) -> 'error: ...', exit 2
-        cfg = Config.fromfile(args.config)
+        cfg = load_config(args.config)  # syntax / custom_imports errors: one line
         check_test_loop(cfg, args.config)  # before anything is built or loaded
         cfg = prepare_cfg(cfg, args, mode='test')
         prepare_test_cfg(cfg, args)
         cfg.load_from = args.checkpoint
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, mode='test')
+        check_finite_file(args.checkpoint)  # NaN / inf weights of a diverged run: named
         check_checkpoint_fits(runner.model, args.checkpoint,
                               strict=not args.allow_partial_weights)
-    except USER_ERRORS as e:
+    except CLI_ERRORS as e:
         exit_with_error(e)
     metrics = run_or_exit(runner, 'test')
     if args.out and args.out_item == 'metrics':

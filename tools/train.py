@@ -12,10 +12,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # repo checkout
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
-from vllama_mm.engine.runner_utils import build_runner, prepare_cfg, run_or_exit  # noqa: E402
-from vllama_mm.engine.validate import USER_ERRORS, exit_with_error  # noqa: E402
+from vllama_mm.engine.runner_utils import (CLI_ERRORS, build_runner, load_config,  # noqa: E402
+                                           prepare_cfg, run_or_exit)
+from vllama_mm.engine.validate import exit_with_error  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,10 +53,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     try:  # user errors (bad config, paths, options) -> 'error: ...', exit 2, no traceback
-        cfg = Config.fromfile(args.config)
+        cfg = load_config(args.config)  # syntax / custom_imports errors: one line
         cfg = prepare_cfg(cfg, args, mode='train')
         runner = build_runner(cfg)
-    except USER_ERRORS as e:
+    except CLI_ERRORS as e:
         exit_with_error(e)
     run_or_exit(runner, 'train')  # an error: one line here, the traceback in the log
 

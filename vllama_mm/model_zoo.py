@@ -94,6 +94,35 @@ class ModelZooInferencerMixin:
             return super()._load_model_from_metafile(model)
         return Config.fromfile(cfg_path), weights
 
+    def _init_model(self, cfg, weights, device: str = 'cpu'):
+        """Verify a local weights file (zip CRC) before the stock loader reads it; without
+        a config, read the checkpoint's config as data (mmengine's inferencer would
+        execute its ``meta['cfg']`` text with ``Config.fromstring``)."""
+        import os.path as osp
+
+        from mmengine.config import Config
+
+        from .engine.checkpoint import verify_checkpoint
+        from .engine.checkpoint_hook import stored_config
+        if isinstance(weights, str) and '://' not in weights and osp.isfile(weights):
+            verify_checkpoint(weights)
+        if not cfg and weights is not None:
+            from mmengine.runner.checkpoint import _load_checkpoint
+            saved, why = stored_config(_load_checkpoint(weights, map_location='cpu'))
+            if saved is None or 'model' not in saved:
+                raise ValueError(f'{weights}: no config given, and the one stored in the '
+                                 f'checkpoint cannot be read as data ({why or "no model"}); '
+                                 'pass the config file as model=CONFIG')
+            cfg = Config(saved)
+        return super()._init_model(cfg, weights, device)
+
+    def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
+        """Refuse weights with NaN / inf tensors (a diverged run), naming them."""
+        from .engine.checkpoint import check_finite_weights
+        if isinstance(checkpoint, dict):
+            check_finite_weights(checkpoint.get('state_dict', checkpoint), 'inferencer weights')
+        return super()._load_weights_to_model(model, checkpoint, cfg)
+
 
 def inferencer_class(stock: type, module: str) -> type:
     """``stock`` (a library's inferencer class) that also accepts our model names, as a

@@ -36,6 +36,8 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f'{path}: expected a state dict (or a dict with "state_dict")')
+    from vllama_mm.engine.checkpoint import check_finite_weights
+    check_finite_weights(state, f'checkpoint {path!r}')
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     model.load_state_dict(state, strict=True)
@@ -79,7 +81,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = get_flops.load_config(args.config)
     model = get_flops.build_backbone(cfg)
     if args.checkpoint:
-        load_backbone_weights(model, args.checkpoint)
+        import pickle
+        try:  # refused / truncated / damaged / non-finite files: one line, no traceback
+            load_backbone_weights(model, args.checkpoint)
+        except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as e:
+            print(f'error: {args.checkpoint}: {" ".join(str(e).split())[:800]}',
+                  file=sys.stderr)
+            return 2
     elif hasattr(model, 'init_weights'):
         model.init_weights()
     model.eval()

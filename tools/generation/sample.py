@@ -7,6 +7,7 @@ Rows are classes, columns samples. CKPT: a tools/train.py checkpoint (EMA weight
 default) or the output of tools/model_converters/official2vllama.py.
 """
 import argparse
+import pickle
 import os.path as osp
 import sys
 
@@ -61,8 +62,9 @@ def main(argv=None) -> int:
         images = model.sample(labels, latent_hw=args.latent_size, cfg_scale=args.cfg_scale,
                               generator=gen, progress=True, **sampler)
         save_grid(images, args.out, nrow=args.n_per_class)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, OSError, ImportError, SyntaxError, RuntimeError,
+            pickle.UnpicklingError) as e:  # refused, truncated, damaged, non-finite files
+        print(f'error: {" ".join(str(e).split())[:800]}', file=sys.stderr)
         return 1
     print(f'wrote {args.out}: {len(args.classes)} classes x {args.n_per_class} samples')
     return 0

@@ -11,6 +11,7 @@ Process 0 then merges the first N samples into ``OUT_DIR/samples_<N>.npz``, the 
 ADM's evaluator and tools/generation/fid.py read.
 """
 import argparse
+import pickle
 import os
 import os.path as osp
 import sys
@@ -68,8 +69,9 @@ def main(argv=None) -> int:
         return 1
     try:
         model, _ = load_generator(args.config, args.checkpoint, args.weights, device)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, OSError, ImportError, SyntaxError, RuntimeError,
+            pickle.UnpicklingError) as e:  # refused, truncated, damaged, non-finite files
+        print(f'error: {" ".join(str(e).split())[:800]}', file=sys.stderr)
         return 1
     os.makedirs(osp.join(args.out_dir, 'shards'), exist_ok=True)
     num_batches = -(-args.num_samples // args.batch_size)

@@ -76,6 +76,43 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used as it is; the message names the file."""
 
 
+_LEGACY_NAMED = set()  # legacy files already named as unverifiable (one line each)
+
+
+def is_legacy_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a pre-zip (torch < 1.6) pickle, which has no CRCs to check."""
+    with open(path, 'rb') as f:
+        return f.read(4) != b'PK\x03\x04'
+
+
+def nonfinite_tensors(state_dict: Any) -> List[str]:
+    """Names of the floating-point tensors in ``state_dict`` holding NaN or inf."""
+    if not isinstance(state_dict, dict):
+        return []
+    bad = []
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point()
+                                                or value.is_complex()):
+            if not bool(torch.isfinite(value).all()):
+                bad.append(str(name))
+    return bad
+
+
+def check_finite_weights(state_dict: Any, source: str) -> None:
+    """Refuse weights with NaN / inf tensors (a diverged run); the message names them.
+
+    ``source`` names the file (or model) in the message. Raises :class:`CheckpointError`.
+    """
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        more = f' (+{len(bad) - 6} more)' if len(bad) > 6 else ''
+        raise CheckpointError(
+            f'{source}: {len(bad)} weight tensor(s) hold NaN or inf values '
+            f'({", ".join(bad[:6])}{more}); the run that wrote them diverged. Use an '
+            'earlier checkpoint of that run (training stops at non-finite losses and '
+            'keeps the last finite checkpoint)')
+
+
 def verify_checkpoint(path: str, error: type = None) -> None:
     """Check that ``path`` is a complete, uncorrupted ``torch.save`` archive.
 
@@ -102,8 +139,14 @@ def verify_checkpoint(path: str, error: type = None) -> None:
                               'copy or download); use another file')
     with open(path, 'rb') as f:
         head = f.read(4)
-    if head != b'PK\x03\x04':
-        return  # legacy pickle: no checksum to verify
+    if head != b'PK\x03\x04':  # legacy pickle: no checksum to verify; say so, once
+        if path not in _LEGACY_NAMED:
+            _LEGACY_NAMED.add(path)
+            import sys
+            print(f'warning: checkpoint file {path!r} is in the legacy (non-zip, torch < 1.6) '
+                  'format, which carries no checksums: it cannot be verified (re-save it '
+                  'with torch.save to get CRC checks)', file=sys.stderr)
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
@@ -115,3 +158,21 @@ def verify_checkpoint(path: str, error: type = None) -> None:
         raise CheckpointError(
             f'checkpoint file {path!r} is corrupted: the CRC of {bad!r} does not match '
             '(flipped bytes on disk or in transfer); copy or download it again')
+
+
+def check_finite_file(path: str) -> None:
+    """:func:`verify_checkpoint`, then refuse the file when a weight tensor is NaN / inf.
+
+    Loads with safe unpickling and ``mmap`` (tensors are paged in once for the check);
+    the weights are the file's ``state_dict`` (mmengine) or the file itself (a plain
+    state dict). Raises :class:`CheckpointError` naming the file and the tensors.
+    """
+    verify_checkpoint(path)
+    allow_mmengine_checkpoints()
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError:  # legacy files cannot be memory-mapped
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    check_finite_weights(sd, f'checkpoint {path!r}')
+

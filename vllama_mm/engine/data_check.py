@@ -17,12 +17,17 @@ Checked, from the config's dataset dicts (nothing is built):
   another size than the image, labels out of range for ``decode_head.num_classes``
   (taking ``reduce_zero_label`` into account; 255 is the ignore label).
 
-``quick=True`` (``tools/train.py`` before building the Runner) decodes a few images per
-dataset and class and skips annotation files over :data:`QUICK_JSON_BYTES`; the full
-scan (``tools/analysis/check_dataset.py CONFIG``) reads everything.
+``quick=True`` (``tools/train.py`` before building the Runner) looks at every class
+folder and decodes a few images of each, a few per other dataset, and skips annotation
+files over :data:`QUICK_JSON_BYTES`; the full scan (``tools/analysis/check_dataset.py
+CONFIG``) reads everything. Also: class folders holding only images the dataset's
+``extensions`` skip (``.webp`` for mmpretrain), COCO files whose every box has zero size
+or every polygon fewer than 3 points (mmdet drops those instances), images whose size
+differs from their COCO entry.
 """
 import json
 import os
+import sys
 import os.path as osp
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -31,8 +36,12 @@ from mmengine.config import Config
 from .validate import ConfigError, _datasets, _is_remote
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
-#: Images decoded per dataset (and per class folder) by the quick check.
+#: Images decoded per dataset by the quick check.
 QUICK_IMAGES = 4
+#: Images decoded per class folder by the quick check (every class is looked at).
+QUICK_PER_CLASS = 2
+#: The extensions mmpretrain's ``CustomDataset`` / ``ImageNet`` read by default (no .webp).
+MMPRETRAIN_EXTS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif')
 #: Annotation files larger than this are left to the full scan by the quick check.
 QUICK_JSON_BYTES = 64 * 2**20
 IGNORE_LABEL = 255
@@ -58,39 +67,78 @@ def image_problem(path: str, decode: bool = True) -> Optional[str]:
     return None
 
 
-def _files(folder: str, limit: Optional[int]) -> List[str]:
+def _files(folder: str, limit: Optional[int],
+           exts: Tuple[str, ...] = IMAGE_EXTS) -> List[str]:
     out = []
     with os.scandir(folder) as it:
         for entry in sorted(it, key=lambda e: e.name) if limit is None else it:
-            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTS):
+            if entry.is_file() and entry.name.lower().endswith(exts):
                 out.append(entry.path)
                 if limit is not None and len(out) >= limit:
                     break
     return out
 
 
-def check_class_folders(root: str, limit: Optional[int]) -> Tuple[List[str], List[str]]:
-    """``(classes, problems)`` of an ImageNet-style ``root/<class>/<image>`` folder."""
+def check_class_folders(root: str, limit: Optional[int],
+                        extensions: Optional[Tuple[str, ...]] = None
+                        ) -> Tuple[List[str], List[str]]:
+    """``(classes, problems)`` of an ImageNet-style ``root/<class>/<image>`` folder.
+
+    Every class folder is looked at (``limit``: images decoded per class, ``None``: all).
+    ``extensions``: the ones the dataset reads (mmpretrain: :data:`MMPRETRAIN_EXTS`); a
+    class whose images all have other extensions (e.g. only ``.webp``) has no samples.
+    """
+    exts = tuple(e.lower() for e in (extensions or IMAGE_EXTS))
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     problems = []
     if not classes:
         problems.append(f'{root}: no class folders')
-    for i, name in enumerate(classes):
+    for name in classes:
         folder = osp.join(root, name)
-        files = _files(folder, 1 if limit is not None and i >= limit else limit)
+        files = _files(folder, limit, exts)
         if not files:
-            problems.append(f'{folder}: empty class folder (no images); it would still '
-                            'take a class index, shifting every later class')
-        for path in files if (limit is None or i < limit) else []:
+            others = sorted({osp.splitext(p)[1].lower() for p in _files(folder, 50)})
+            if others:
+                problems.append(f'{folder}: only {"/".join(others)} images, which the dataset '
+                                f'skips (it reads {", ".join(exts)}; set the dataset\'s '
+                                'extensions or convert them): the class would have no '
+                                'samples and shift every later class index')
+            else:
+                problems.append(f'{folder}: empty class folder (no images); it would still '
+                                'take a class index, shifting every later class')
+        for path in files:
             problem = image_problem(path)
             if problem:
                 problems.append(problem)
     return classes, problems
 
 
+def _degenerate_box(ann: Dict) -> bool:
+    """mmdet's rule for boxes it drops: width or height < 1 or area <= 0."""
+    bbox = ann.get('bbox')
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        return False
+    w, h = bbox[2], bbox[3]
+    return w < 1 or h < 1 or ann.get('area', 1) <= 0
+
+
+def _degenerate_polygons(seg: object) -> bool:
+    """All polygons of a (list-of-polygons) segmentation have fewer than 3 points (mmdet
+    ignores such instances); RLE dicts are not judged."""
+    if not isinstance(seg, list):
+        return False
+    return all(not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 for poly in seg)
+
+
 def check_coco(ann_file: str, img_dir: str, need_masks: bool,
-               limit: Optional[int]) -> List[str]:
-    """Problems of a COCO-format instance annotation file (and its first images)."""
+               limit: Optional[int], notes: Optional[List[str]] = None) -> List[str]:
+    """Problems of a COCO-format instance annotation file (and its first images).
+
+    Beyond missing fields and ids: every box of zero size, every polygon with fewer
+    than 3 points (with masks) -- mmdet drops those instances, so the run would train
+    on nothing -- and images whose file size differs from the entry's ``width`` x
+    ``height``. Some (not all) degenerate instances are a line in ``notes``.
+    """
     try:
         with open(ann_file) as f:
             coco = json.load(f)
@@ -111,15 +159,21 @@ def check_coco(ann_file: str, img_dir: str, need_masks: bool,
             continue
         image_ids.add(img['id'])
     need = ['image_id', 'bbox', 'category_id'] + (['segmentation'] if need_masks else [])
+    boxes = polys = checked = 0
     for i, ann in enumerate(coco['annotations']):
         missing = [k for k in need if k not in ann]
         where = f"{ann_file}: annotations[{i}] (id {ann.get('id')})"
         if missing:
             problems.append(f'{where} lacks {missing}')
             continue
+        if ann.get('iscrowd', 0):
+            continue
+        checked += 1
         bbox = ann['bbox']
         if not (isinstance(bbox, list) and len(bbox) == 4):
             problems.append(f'{where}: bbox must be [x, y, w, h], got {bbox!r}')
+        boxes += _degenerate_box(ann)
+        polys += need_masks and _degenerate_polygons(ann.get('segmentation'))
         if ann['category_id'] not in cat_ids:
             problems.append(f"{where}: category_id {ann['category_id']!r} is not in "
                             'categories')
@@ -127,12 +181,30 @@ def check_coco(ann_file: str, img_dir: str, need_masks: bool,
             problems.append(f"{where}: image_id {ann['image_id']!r} has no images entry")
         if len(problems) > 20:
             break
+    for count, what in ((boxes, 'boxes of zero size (w or h < 1, or area <= 0)'),
+                        (polys, 'segmentations whose polygons have fewer than 3 points')):
+        if count and count == checked:
+            problems.append(f'{ann_file}: all {count} annotations have {what}; mmdet drops '
+                            'such instances, so training would see no objects')
+        elif count and notes is not None:
+            notes.append(f'{ann_file}: {count} of {checked} annotations have {what} '
+                         '(mmdet ignores them)')
     images = coco['images'] if limit is None else coco['images'][:limit]
     for img in images:
-        if 'file_name' in img:
-            problem = image_problem(osp.join(img_dir, img['file_name']))
-            if problem:
-                problems.append(problem)
+        if 'file_name' not in img:
+            continue
+        path = osp.join(img_dir, img['file_name'])
+        problem = image_problem(path)
+        if problem:
+            problems.append(problem)
+            continue
+        from PIL import Image
+        with Image.open(path) as im:
+            size = im.size
+        if 'width' in img and 'height' in img and size != (img['width'], img['height']):
+            problems.append(f"{path}: the image is {size[0]}x{size[1]} (w x h) but "
+                            f"{ann_file} says {img['width']}x{img['height']}: boxes and masks "
+                            'would not match it')
     return problems
 
 
@@ -244,12 +316,19 @@ def check_data(cfg: Config, mode: str = 'train', quick: bool = True) -> List[str
                 report.append(f'{key}: {ann_path} is large; checked by '
                               'tools/analysis/check_dataset.py only')
                 continue
-            found = check_coco(ann_path, _join(root, img), _pipeline_loads_masks(ds), limit)
+            notes: List[str] = []
+            found = check_coco(ann_path, _join(root, img), _pipeline_loads_masks(ds), limit,
+                               notes)
+            for note in notes:  # partial degeneracy: not fatal, but said
+                print(f'[vllama_mm] data check: {note}', file=sys.stderr)
+            report += notes
             report.append(f'{key}: COCO annotations {ann_path}')
         elif isinstance(prefix, str) and not ann and \
                 ds.get('type') in ('CustomDataset', 'ImageNet', 'mmpretrain.CustomDataset'):
             folder = _join(root, prefix)
-            classes, found = check_class_folders(folder, limit)
+            classes, found = check_class_folders(
+                folder, QUICK_PER_CLASS if quick else None,
+                tuple(ds.get('extensions') or MMPRETRAIN_EXTS))
             class_lists[key] = (folder, classes)
             report.append(f'{key}: {len(classes)} class folders in {folder}')
         else:

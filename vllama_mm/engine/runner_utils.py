@@ -17,12 +17,39 @@ from typing import Any
 from mmengine.config import Config
 
 from .checkpoint import allow_mmengine_checkpoints
-from .validate import (ConfigError, check_cfg_options, check_checkpoint_file, validate_cfg,
-                       warn_config_variables)
+from .validate import (USER_ERRORS, ConfigError, check_cfg_options, check_checkpoint_file,
+                       validate_cfg, warn_config_variables)
+
+#: What tools/train.py and tools/test.py report as one ``error:`` line (exit status 2)
+#: while reading the config and building the Runner: the config / command-line errors
+#: plus unreadable or unwritable files, config syntax errors and failed custom_imports.
+CLI_ERRORS = USER_ERRORS + (OSError, SyntaxError, ImportError)
 
 SCOPES = ('mmpretrain', 'mmseg', 'mmdet', 'vllama_mm')
 # registration module per scope; 'vllama_mm' is the plugin's own scope (generation)
 _PLUGIN_MODULES = {'vllama_mm': 'vllama_mm.generation'}
+
+
+def load_config(path: str) -> Config:
+    """``Config.fromfile`` whose syntax and ``custom_imports`` errors name the file and
+    the module (a :class:`ConfigError`: one line from the tools)."""
+    if not osp.isfile(path):
+        raise ConfigError(f'config file not found: {path!r}')
+    try:
+        return Config.fromfile(path)
+    except SyntaxError as e:
+        where = e.filename if e.filename and e.filename != '<unknown>' else \
+            f'{path} (or one of its _base_ files)'
+        raise ConfigError(f'syntax error in config {where}, line {e.lineno}: {e.msg}') from e
+    except ImportError as e:
+        cause: Any = e
+        while cause is not None and not getattr(cause, 'name', None):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise ConfigError(f'config {path}: custom_imports: cannot import {cause.name!r} '
+                          f'({cause}); install it, fix the module name, or put its folder '
+                          'on PYTHONPATH') from e
 
 
 def import_plugin(cfg: Config) -> str:
@@ -342,23 +369,150 @@ def _init_cpu_process_group(cfg: Config) -> None:
     dist.init_process_group(backend=backend, **kwargs)
 
 
-def build_runner(cfg: Config):
+class SampleError(RuntimeError):
+    """Loading one sample failed; the message names its file."""
+
+
+_NAMED_CLASSES: dict = {}
+_PATH_KEYS = ('img_path', 'seg_map_path', 'file_name', 'filename', 'img')
+
+
+def _sample_file(dataset: Any, index: int) -> str:
+    try:
+        info = dataset.get_data_info(index)
+    except Exception:  # noqa: BLE001 - no name to give
+        return ''
+    if not isinstance(info, dict):
+        return ''
+    paths = [info[k] for k in _PATH_KEYS if isinstance(info.get(k), str) and info[k]]
+    return ' / '.join(dict.fromkeys(paths))  # image and label map of segmentation
+
+
+def name_failing_samples(dataset: Any) -> Any:
+    """Make ``dataset[i]`` failures name the sample's file (``SampleError``).
+
+    An undecodable image deep in an epoch otherwise ends as e.g. "image file is
+    truncated", raised in a data-loader worker, without the file. The instance's class
+    is swapped for a subclass whose ``__getitem__`` adds the file from
+    ``get_data_info(i)`` (nothing else changes; only datasets of our tools' Runner).
+    """
+    cls = type(dataset)
+    if not hasattr(dataset, 'get_data_info') or getattr(cls, '_vllama_names_files', False):
+        return dataset
+    named = _NAMED_CLASSES.get(cls)
+    if named is None:
+        def __getitem__(self, index):
+            try:
+                return cls.__getitem__(self, index)
+            except Exception as e:  # noqa: BLE001 - re-raised with the file named
+                path = _sample_file(self, index)
+                if not path:
+                    raise
+                raise SampleError(f'{path}: cannot load sample {index} ({type(e).__name__}: '
+                                  f'{" ".join(str(e).split())[:300]}); fix or remove the file '
+                                  '(tools/analysis/check_dataset.py CONFIG scans them all)') \
+                    from e
+        named = type(cls.__name__, (cls, ), {'__getitem__': __getitem__,
+                                            '_vllama_names_files': True,
+                                            '__module__': cls.__module__,
+                                            '__reduce_ex__': _reduce_as(cls)})
+        _NAMED_CLASSES[cls] = named
+    try:
+        dataset.__class__ = named
+    except TypeError:
+        pass
+    return dataset
+
+
+def _reduce_as(cls: type):
+    """Pickle (spawned workers) as the original class: the name-adding subclass only
+    lives in this process."""
+    def __reduce_ex__(self, protocol):
+        self.__class__ = cls
+        try:
+            return cls.__reduce_ex__(self, protocol)
+        finally:
+            self.__class__ = _NAMED_CLASSES[cls]
+    return __reduce_ex__
+
+
+def _rank() -> int:
+    for var in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK'):
+        if os.environ.get(var, '').isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def prepare_work_dir(cfg: Config, mode: str = 'train') -> None:
+    """Check the work dir before anything writes to it; for training take its lock and
+    remove stale checkpoint temporaries.
+
+    A ``work_dir`` that is a file or cannot be written (read-only file system, no
+    permission) is a :class:`ConfigError` naming it. Training (rank 0): the work-dir lock
+    (:func:`~vllama_mm.engine.checkpoint_hook.acquire_work_dir_lock`) first, then the
+    ``*.tmp`` leftovers of a killed or disk-full checkpoint write are removed, before
+    the Runner writes its logs (a leftover can be what fills the disk).
+    """
+    import tempfile
+
+    from .checkpoint_hook import acquire_work_dir_lock, remove_stale_temporaries
+    work_dir = cfg.get('work_dir')
+    if not isinstance(work_dir, str) or '://' in work_dir:
+        return
+    if osp.exists(work_dir) and not osp.isdir(work_dir):
+        raise ConfigError(f'work_dir {work_dir!r} is a file, not a directory: choose another '
+                          '--work-dir')
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write_test_', dir=work_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f'work_dir {work_dir!r} is not writable ({e.strerror or e}): choose '
+                          'another --work-dir') from e
+    if mode != 'train' or _rank() != 0:
+        return
+    acquire_work_dir_lock(work_dir)
+    ckpt = ((cfg.get('default_hooks') or {}).get('checkpoint') or {})
+    ckpt_dir = work_dir
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('out_dir'), str):
+        if '://' in ckpt['out_dir']:
+            return
+        ckpt_dir = osp.join(ckpt['out_dir'], osp.basename(work_dir.rstrip(osp.sep)))
+    if isinstance(ckpt, dict) and ckpt.get('type') in ('AtomicCheckpointHook',
+                                                       'mmengine.AtomicCheckpointHook') \
+            and osp.isdir(ckpt_dir):
+        for tmp in remove_stale_temporaries(ckpt_dir, log=False):
+            print(f'[vllama_mm] removed {tmp}: an incomplete checkpoint of an interrupted '
+                  'save', file=sys.stderr)
+
+
+def build_runner(cfg: Config, mode: str = 'train'):
     """``Runner.from_cfg`` or the config's ``runner_type``, with safe checkpoint loading and
     a readable console (per-parameter lines and dumps go to the log file only, see
-    :mod:`vllama_mm.engine.console`)."""
+    :mod:`vllama_mm.engine.console`). ``mode``: ``'train'`` takes the work-dir lock
+    (:func:`prepare_work_dir`); tools/test.py passes ``'test'``."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     from .console import log_file, quiet_console
 
     class QuietRunner(Runner):
-        """mmengine's Runner whose console skips the records the log file keeps."""
+        """mmengine's Runner whose console skips the records the log file keeps, and
+        whose datasets name the file of a sample that fails to load."""
 
         def build_logger(self, *args, **kwargs):
             logger = super().build_logger(*args, **kwargs)
             quiet_console(logger)
             return logger
 
+        @staticmethod
+        def build_dataloader(*args, **kwargs):
+            loader = Runner.build_dataloader(*args, **kwargs)
+            name_failing_samples(loader.dataset)
+            return loader
+
+    prepare_work_dir(cfg, mode)  # before anything writes there
     allow_mmengine_checkpoints()
     check_checkpoint_file(cfg.get('load_from'), 'load_from')  # [validate] missing/truncated
     if cfg.get('launcher', 'none') == 'pytorch':
@@ -379,6 +533,19 @@ def build_runner(cfg: Config):
 def _log_files(runner: Any):
     logger = getattr(runner, 'logger', None)
     return [h for h in getattr(logger, 'handlers', []) if isinstance(h, logging.FileHandler)]
+
+
+def _worker_error(text: str) -> str:
+    """``'in a data-loader worker: <Type>: <message>'`` for torch's re-raised worker error.
+
+    torch wraps an exception of a ``DataLoader`` worker as "Caught X in DataLoader worker
+    process N. Original Traceback ...": the line naming the file is its last; cut at a
+    fixed length it was lost. ``''`` for any other message.
+    """
+    if not text.startswith('Caught ') or 'Original Traceback' not in text:
+        return ''
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f'in a data-loader worker: {lines[-1]}' if lines else ''
 
 
 def run_or_exit(runner: Any, action: str) -> Any:
@@ -402,8 +569,8 @@ def run_or_exit(runner: Any, action: str) -> Any:
                 handler.flush()
             finally:
                 handler.release()
-        msg = ' '.join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args
-                           else exc).split())
+        msg = _worker_error(str(exc)) or ' '.join(
+            str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
         if len(msg) > 600:
             msg = msg[:600] + ' ...'
         if 'timed out' in msg.lower() or 'timeout' in msg.lower():

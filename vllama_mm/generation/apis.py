@@ -36,13 +36,22 @@ def generator_weights(ckpt_path: str, weights: str = 'ema') -> Tuple[Dict[str, T
     """``denoiser.*`` weights of a training checkpoint (``ema``: its ``state_dict``, where
     mmengine's EMAHook stores the averaged weights; ``raw``: the trained ones from
     ``ema_state_dict``) or of a converted released file; also returns the vllama_mm meta."""
-    from ..engine import allow_mmengine_checkpoints
+    from ..engine.checkpoint import (allow_mmengine_checkpoints, check_finite_weights,
+                                     verify_checkpoint)
     if weights not in WEIGHTS:
         raise ValueError(f'weights must be one of {WEIGHTS}, got {weights!r}')
     if not osp.isfile(ckpt_path):
         raise FileNotFoundError(f'checkpoint not found: {ckpt_path}')
+    verify_checkpoint(ckpt_path)  # zip CRC: a flipped byte would sample garbage
     allow_mmengine_checkpoints()
-    ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)
+    try:
+        ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if 'mmap' not in str(e):
+            raise
+        ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # legacy file
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{ckpt_path} holds a {type(ckpt).__name__}, not a checkpoint dict')
     meta = (ckpt.get('meta') or {}).get('vllama_mm', {}) if isinstance(ckpt, dict) else {}
     if weights == 'raw':
         if 'ema_state_dict' not in ckpt:
@@ -51,6 +60,7 @@ def generator_weights(ckpt_path: str, weights: str = 'ema') -> Tuple[Dict[str, T
               if k.startswith('module.')}
     else:
         sd = ckpt.get('state_dict', ckpt)
+    check_finite_weights(sd, f'checkpoint {ckpt_path!r}')  # a diverged run's weights
     return sd, meta
 
 

@@ -25,12 +25,14 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50000, max_keep_ckpts=3),
+    # atomic writes, honest auto-resume, a stop at non-finite losses (docs/reliability.md)
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=50000,
+                    max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'))
 
 env_cfg = dict(cudnn_benchmark=False,
                mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-               dist_cfg=dict(backend='nccl'))
+               dist_cfg=dict(backend='nccl', timeout=1800))  # a frozen rank fails, not hangs
 log_processor = dict(by_epoch=False, window_size=100)
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends)

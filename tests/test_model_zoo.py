@@ -148,6 +148,38 @@ def test_image_classification_inferencer_by_name(tmp_path):
     assert out['pred_scores'].shape == (10, )
 
 
+def test_mmpretrain_inferencer_refuses_nonfinite_and_damaged_weights(tmp_path):
+    """vllama_mm.mmpretrain's ImageClassificationInferencer: a NaN tensor is named, a flipped
+    byte fails the CRC check, before mmpretrain's get_model loads the file; intact weights
+    load as with mmpretrain's own class."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain import get_model
+
+    from vllama_mm.engine.checkpoint import CheckpointError
+    from vllama_mm.mmpretrain import ImageClassificationInferencer
+    torch.manual_seed(0)
+    sd = get_model(TINY_CLS).state_dict()
+    key = sorted(k for k in sd if sd[k].is_floating_point())[0]
+    bad = dict(sd)
+    bad[key] = sd[key].clone().fill_(float('nan'))
+    torch.save({'state_dict': bad}, tmp_path / 'nan.pth')
+    torch.save({'state_dict': sd}, tmp_path / 'ok.pth')
+    data = bytearray((tmp_path / 'ok.pth').read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a tensor record
+    (tmp_path / 'flipped.pth').write_bytes(bytes(data))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        with pytest.raises(CheckpointError, match=f'NaN or inf .*{key}'):
+            ImageClassificationInferencer(TINY_CLS, pretrained=str(tmp_path / 'nan.pth'),
+                                          device='cpu')
+        with pytest.raises(CheckpointError):
+            ImageClassificationInferencer(TINY_CLS, pretrained=str(tmp_path / 'flipped.pth'),
+                                          device='cpu')
+        inferencer = ImageClassificationInferencer(TINY_CLS, pretrained=str(tmp_path / 'ok.pth'),
+                                                   device='cpu')
+    loaded = inferencer.model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in sd.items())
+
+
 def test_mmseg_inferencer_by_name(tmp_path):
     import numpy as np
 

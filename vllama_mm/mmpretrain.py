@@ -10,7 +10,7 @@ from mmpretrain.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from .engine import allow_mmengine_checkpoints
 from .engine.fsdp import register_fsdp2
 from .engine.layer_decay import LayerDecayOptimWrapperConstructor
-from .model_zoo import MODEL_INDEX
+from .model_zoo import MODEL_INDEX, VerifiedPretrainedMixin, lazy_inferencer
 from .models import VisionLLaMA, VisionLLaMAMAE, PyramidVisionLLaMA
 from .registry_utils import register_modules
 
@@ -18,6 +18,11 @@ register_modules(MODELS, [VisionLLaMA, VisionLLaMAMAE, PyramidVisionLLaMA])
 register_modules(OPTIM_WRAPPER_CONSTRUCTORS, [LayerDecayOptimWrapperConstructor])
 register_fsdp2()  # FSDP2ModelWrapper, FSDP2ExponentialMovingAverage (mmengine root)
 allow_mmengine_checkpoints()
+
+#: ``ImageClassificationInferencer`` / ``FeatureExtractor``: mmpretrain's, with a local
+#: ``pretrained`` file CRC-checked and refused when a tensor is NaN / inf (built on first use)
+__getattr__ = lazy_inferencer(__name__, ('ImageClassificationInferencer', 'FeatureExtractor'),
+                              'mmpretrain.apis', VerifiedPretrainedMixin)
 
 
 def register_model_index() -> None:

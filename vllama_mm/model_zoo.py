@@ -17,7 +17,7 @@ No task library is imported here.
 """
 import fnmatch
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -124,25 +124,42 @@ class ModelZooInferencerMixin:
         return super()._load_weights_to_model(model, checkpoint, cfg)
 
 
-def inferencer_class(stock: type, module: str) -> type:
-    """``stock`` (a library's inferencer class) that also accepts our model names, as a
-    class of ``module`` (the thin registration module that exposes it)."""
-    return type(stock.__name__, (ModelZooInferencerMixin, stock),
+class VerifiedPretrainedMixin:
+    """For mmpretrain's inferencers, which load ``pretrained`` through ``get_model`` (our
+    model names already resolve there, see :mod:`vllama_mm.mmpretrain`): a local weights
+    file is CRC-checked and refused when a tensor is NaN / inf, before it is loaded."""
+
+    def __init__(self, model, pretrained=True, *args, **kwargs):
+        import os.path as osp
+
+        from .engine.checkpoint import check_finite_file
+        if isinstance(pretrained, str) and '://' not in pretrained and osp.isfile(pretrained):
+            check_finite_file(pretrained)
+        super().__init__(model, pretrained, *args, **kwargs)
+
+
+def inferencer_class(stock: type, module: str, mixin: type = ModelZooInferencerMixin) -> type:
+    """``stock`` (a library's inferencer class) with ``mixin`` (by default: accepts our model
+    names), as a class of ``module`` (the thin registration module that exposes it)."""
+    return type(stock.__name__, (mixin, stock),
                 {'__doc__': stock.__doc__, '__module__': module})
 
 
-def lazy_inferencer(module: str, name: str, stock_module: str) -> Callable[[str], type]:
-    """A module ``__getattr__`` that builds ``name`` (``stock_module.name`` accepting our
-    model names, see :func:`inferencer_class`) on first use, so that training runs that
+def lazy_inferencer(module: str, names: Union[str, Sequence[str]], stock_module: str,
+                    mixin: type = ModelZooInferencerMixin) -> Callable[[str], type]:
+    """A module ``__getattr__`` that builds each of ``names`` (``stock_module.<name>`` with
+    ``mixin``, see :func:`inferencer_class`) on first use, so that training runs that
     import the registration module do not import the library's apis."""
     import importlib
     import sys
+    names = (names,) if isinstance(names, str) else tuple(names)
 
     def __getattr__(attr: str) -> type:
-        if attr != name:
+        if attr not in names:
             raise AttributeError(f'module {module!r} has no attribute {attr!r}')
-        cls = inferencer_class(getattr(importlib.import_module(stock_module), name), module)
-        setattr(sys.modules[module], name, cls)
+        cls = inferencer_class(getattr(importlib.import_module(stock_module), attr), module,
+                               mixin)
+        setattr(sys.modules[module], attr, cls)
         return cls
 
     return __getattr__

@@ -63,6 +63,8 @@ def test_paper_config_recipe_and_size(name):
     ema = [h for h in cfg.custom_hooks if h.type == 'EMAHook']
     assert len(ema) == 1 and ema[0].momentum == 1e-4  # decay 0.9999
     assert cfg.model.vae == dict(kind='sd', path='stabilityai/sd-vae-ft-ema')
+    # DiT/SiT seed each rank differently (global_seed * world_size + rank)
+    assert cfg.randomness.seed == 0 and cfg.randomness.diff_rank_seed is True
     sampler = cfg.model.sampler
     assert (sampler.type, sampler.num_steps) == (('ddpm', 250) if kind == 'DiTGenerator'
                                                   else ('sde', 250))

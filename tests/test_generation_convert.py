@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vllama_mm.engine import convert_dit
+from vllama_mm.models.convert import dit as convert_dit
 from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
@@ -142,11 +142,11 @@ def test_convert_model_weights_and_errors(tmp_path):
                                        model['blocks.1.mlp.c_fc2.weight']]))
     assert 'denoiser.pos_embed' not in out['state_dict']
     assert out['meta']['vllama_mm']['denoiser']['input_size'] == GRID * P
-    with pytest.raises(convert_dit.DiTConversionError, match='--family'):
+    with pytest.raises(convert_dit.ConversionError, match='--family'):
         convert_dit.convert_dump({'ema': ema}, num_heads=HEADS)
-    with pytest.raises(convert_dit.DiTConversionError, match='--num-heads'):
+    with pytest.raises(convert_dit.ConversionError, match='--num-heads'):
         convert_dit.convert_dump(dump)
-    with pytest.raises(convert_dit.DiTConversionError, match="no 'ema'"):
+    with pytest.raises(convert_dit.ConversionError, match="no 'ema'"):
         convert_dit.convert_dump({'model': model, 'args': dump['args']}, num_heads=HEADS)
 
 

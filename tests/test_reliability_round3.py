@@ -533,7 +533,7 @@ def test_quick_data_check_looks_at_every_class_and_knows_webp(tmp_path):
     from PIL import Image
 
     from vllama_mm.datasets import synthetic_imagenet
-    from vllama_mm.engine.data_check import DataError, check_data
+    from vllama_mm.datasets.data_check import DataError, check_data
     root = str(tmp_path / 'imnet')
     synthetic_imagenet.generate(root, num_train=2, num_val=1, img_size=16, num_classes=7)
     check_data(_cls_cfg(root), quick=True)
@@ -574,7 +574,7 @@ def _coco(tmp_path):
     ('image_size', r'val2017/\S+: the image is \d+x\d+ \(w x h\) but \S+ says 999x7'),
 ])
 def test_coco_that_would_train_on_nothing_is_reported(tmp_path, fault, match, capsys):
-    from vllama_mm.engine.data_check import DataError, check_data
+    from vllama_mm.datasets.data_check import DataError, check_data
     ann_file, cfg = _coco(tmp_path)
     check_data(cfg, mode='test', quick=True)
     coco = json.load(open(ann_file))

@@ -113,7 +113,7 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     if mode == 'train' and not getattr(args, 'skip_data_check', False):
-        from .data_check import check_data
+        from ..datasets.data_check import check_data
         check_data(cfg, 'train', quick=True)  # a few images per dataset / class
     return cfg
 

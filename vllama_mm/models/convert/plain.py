@@ -8,9 +8,9 @@ from typing import Any, Dict, Mapping, Union
 
 from torch import Tensor
 
-from .common import ConversionError, Converted, StateDict, heads
-from .layout import (Layout, apply_table, back, fuse, indices, options_none, rename,
-                     unfuse)
+from ..vision_llama import VisionLLaMA
+from .table import (ConversionError, Converted, Layout, StateDict, apply_table, back, fuse,
+                    heads, indices, options_none, rename, unfuse)
 
 ROPE_CHOICES = ('2d', 'as2d')
 
@@ -46,7 +46,6 @@ MAE_PASSTHROUGH = ('neck.', 'head.')
 
 def plain_arch(sd: Mapping[str, Tensor], head_dim: int, fmt: str) -> Union[str, Dict]:
     """Preset name of :class:`VisionLLaMA` matching our converted weights, else a dict."""
-    from ...models.vision_llama import VisionLLaMA
     d = sd['backbone.patch_embed.projection.weight'].shape[0]
     layers = indices(sd, r'backbone\.layers\.(\d+)\.', fmt)
     if not layers:

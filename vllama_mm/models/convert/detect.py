@@ -10,11 +10,10 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 from torch import Tensor
 
-from ...models.weights import LOAD_DIRECTLY, recognise
-from .common import ConversionError, listing
-from .layout import Layout
+from ..weights import LOAD_DIRECTLY, recognise
 from .plain import DEIT3, MAE
 from .pyramid import PYRAMID
+from .table import ConversionError, Layout, listing
 
 LAYOUTS: List[Layout] = [MAE, PYRAMID, DEIT3]
 

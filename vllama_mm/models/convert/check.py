@@ -3,13 +3,14 @@ from typing import Any, Mapping
 
 import torch
 
-from ...models.weights import compare
-from .common import ConversionError, Converted, listing
+from ... import models
+from ..weights import compare
+from .detect import layout
+from .table import ConversionError, Converted, listing
 
 
 def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Module:
     """Instantiate the vllama_mm backbone described by ``cfg`` (default: no memory)."""
-    from ... import models
     cfg = dict(cfg)
     kind = cfg.pop('type')
     cfg.pop('init_cfg', None)
@@ -25,7 +26,6 @@ def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Mod
 def check_against_model(conv: Converted) -> None:
     """The converted backbone keys must equal the target model's, shapes included; errors
     name the official key the tensor came from."""
-    from .detect import layout
     try:
         model = build_backbone(conv.backbone)
     except (ValueError, TypeError) as e:

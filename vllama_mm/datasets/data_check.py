@@ -33,7 +33,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
 
-from .validate import ConfigError, _datasets, _is_remote
+from ..engine.validate import ConfigError, _datasets, _is_remote
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 #: Images decoded per dataset by the quick check.

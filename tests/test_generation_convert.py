@@ -141,6 +141,10 @@ def test_convert_model_weights_and_errors(tmp_path):
     assert torch.equal(w12, torch.cat([model['blocks.1.mlp.c_fc1.weight'],
                                        model['blocks.1.mlp.c_fc2.weight']]))
     assert 'denoiser.pos_embed' not in out['state_dict']
+    # the same table read backwards gives the released tensors again, pos_embed aside
+    back = convert_dit.to_official(out['state_dict'])
+    assert sorted(back) == sorted(k for k in model if k != 'pos_embed')
+    assert all(torch.equal(back[k], model[k]) for k in back)
     assert out['meta']['vllama_mm']['denoiser']['input_size'] == GRID * P
     with pytest.raises(convert_dit.ConversionError, match='--family'):
         convert_dit.convert_dump({'ema': ema}, num_heads=HEADS)

@@ -3,10 +3,14 @@ from typing import Any, Mapping
 
 import torch
 
-from ... import models
+from ..mae import VisionLLaMAMAE
+from ..pyramid_vision_llama import PyramidVisionLLaMA
+from ..vision_llama import VisionLLaMA
 from ..weights import compare
 from .detect import layout
 from .table import ConversionError, Converted, listing
+
+BACKBONES = {c.__name__: c for c in (VisionLLaMA, PyramidVisionLLaMA, VisionLLaMAMAE)}
 
 
 def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Module:
@@ -14,8 +18,8 @@ def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Mod
     cfg = dict(cfg)
     kind = cfg.pop('type')
     cfg.pop('init_cfg', None)
-    cls = getattr(models, kind, None)
-    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+    cls = BACKBONES.get(kind)
+    if cls is None:
         raise ConversionError(f'unknown backbone type {kind!r} (not a vllama_mm.models class)')
     if kind == 'VisionLLaMA':
         cfg.setdefault('out_type', 'raw')

@@ -225,7 +225,7 @@ def test_checkpoint_config_is_never_executed(toy, two_epochs, tmp_path, keep_jso
 
 
 def test_parse_config_text_takes_data_and_refuses_code():
-    from vllama_mm.engine.checkpoint_hook import parse_config_text
+    from vllama_mm.engine.resume import parse_config_text
     got = parse_config_text("model = dict(type='Toy', width=4, sizes=(1, 2), x=-1.5)\n"
                             "work_dir = './w'\nflags = [True, None, {'a': 1}]\n")
     assert got == {'model': {'type': 'Toy', 'width': 4, 'sizes': (1, 2), 'x': -1.5},
@@ -348,7 +348,7 @@ def test_resume_compares_configs_after_filling_defaults(toy, two_epochs, tmp_pat
 
 
 def test_config_diff_fills_the_vision_llama_defaults():
-    from vllama_mm.engine.checkpoint_hook import config_diff
+    from vllama_mm.engine.resume import config_diff
     from vllama_mm.models import VisionLLaMA  # noqa: F401
     import inspect
 
@@ -509,7 +509,8 @@ class _Files(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize('workers', [0, 1])
 def test_a_failing_sample_names_its_file(workers):
-    from vllama_mm.engine.runner_utils import _worker_error, name_failing_samples
+    from vllama_mm.datasets.named_samples import name_failing_samples
+    from vllama_mm.engine.runner_utils import _worker_error
     ds = name_failing_samples(_Files(['a.jpg', 'sub/bad.jpg']))
     assert isinstance(ds, _Files) and ds[0].shape == (1, )
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers)

@@ -160,6 +160,14 @@ def verify_checkpoint(path: str, error: type = None) -> None:
             '(flipped bytes on disk or in transfer); copy or download it again')
 
 
+def safe_load(path: str) -> Any:
+    """``torch.load`` on CPU with safe unpickling (mmengine's classes allowed) and
+    ``mmap`` for zip files (tensors are paged in only when read)."""
+    allow_mmengine_checkpoints()
+    return torch.load(path, map_location='cpu', weights_only=True,
+                      mmap=not is_legacy_checkpoint(path))
+
+
 def check_finite_file(path: str) -> None:
     """:func:`verify_checkpoint`, then refuse the file when a weight tensor is NaN / inf.
 
@@ -168,11 +176,7 @@ def check_finite_file(path: str) -> None:
     state dict). Raises :class:`CheckpointError` naming the file and the tensors.
     """
     verify_checkpoint(path)
-    allow_mmengine_checkpoints()
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except RuntimeError:  # legacy files cannot be memory-mapped
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = safe_load(path)
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     check_finite_weights(sd, f'checkpoint {path!r}')
 

@@ -47,7 +47,8 @@ def convert_checkpoint(ckpt: Any, head_dim: Optional[int] = None, check: bool = 
     """Detect the layout of a loaded official checkpoint and convert it.
 
     Args:
-        ckpt: a loaded official checkpoint (e.g. :func:`~vllama_mm.engine.checkpoint.load_official`).
+        ckpt: a loaded official checkpoint (as
+            :func:`vllama_mm.engine.checkpoint.load_official` returns it).
         head_dim: per-head channels (not stored in the weights); default per layout
             (64 plain, 32 pyramid).
         check: verify the result against the target model built on the meta device.

@@ -39,7 +39,15 @@ def check_against_model(conv: Converted) -> None:
             if k.startswith('backbone.')}
     own = model.state_dict()
     missing, bad, extra = compare(own, have)
-    name = lambda k: repr(layout(conv.fmt).official_name('backbone.' + k))  # noqa: E731
+    back = layout(conv.fmt).to_official
+
+    def name(k: str) -> str:
+        """The official key a tensor of ours comes from: the table read backwards (the
+        first part of a fused tensor, e.g. ``c_fc1`` for ``w12``)."""
+        try:
+            return repr(next(iter(back({'backbone.' + k: have.get(k, own.get(k))}))))
+        except ConversionError:
+            return repr('backbone.' + k)
     if missing:
         raise ConversionError(f'{conv.fmt} checkpoint: missing expected key '
                               f'{name(missing[0])}' + (f' (and {len(missing) - 1} more: '

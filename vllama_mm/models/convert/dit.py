@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..dit_llama import DIT_ARCHS, DiTLLaMA
 from ..weights import compare
-from .table import ConversionError, StateDict, apply_table, back, fuse, unfuse
+from .table import (ConversionError, StateDict, apply_table, back, fuse, strip_module,
+                    unfuse)
 
 FORMATS = ('dit-llama', 'sit-llama')
 _MARKERS = ('x_embedder.proj.weight', 't_embedder.mlp.0.weight',
@@ -40,10 +41,6 @@ TABLE = (  # (official, ours)
     ('final_layer.linear.{w}', 'final_layer.linear.{w}'),
 )
 SWIGLU = ('.mlp.c_fc1.', '.mlp.c_fc2.', '.mlp.w12.')  # rows gate | up
-
-
-def _strip(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in sd.items())
 
 
 def is_dit_state_dict(sd: Any) -> bool:
@@ -152,7 +149,7 @@ def convert_dump(ckpt: Any, weights: str = 'ema', family: Optional[str] = None,
             have = sorted(k for k in ckpt if is_dit_state_dict(ckpt[k]))
             raise ConversionError(f"the dump has no '{weights}' weights in the DiT/SiT-LLaMA "
                                      f'layout (found: {have or sorted(ckpt)[:8]})')
-    sd = _strip(sd)
+    sd = strip_module(sd)
     fmt = family_of(ckpt, family)
     args = ckpt.get('args')
     args = vars(args) if isinstance(args, argparse.Namespace) else None
@@ -174,5 +171,5 @@ def check_loads(out: Mapping[str, Any]) -> None:
     missing, bad, unexpected = compare(model.state_dict(), sd)
     if missing or unexpected or bad:
         raise ConversionError(f'converted weights do not fit DiTLLaMA({cfg}): missing '
-                                 f'{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}, '
-                                 f'shape mismatch {sorted(bad)[:5]}')
+                              f'{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}, '
+                              f'shape mismatch {sorted(bad)[:5]}')

@@ -125,6 +125,13 @@ def unfuse(sd: Mapping[str, Tensor], fused: str, first: str, second: str,
     return out
 
 
+def strip_module(sd: Mapping[str, Tensor]) -> StateDict:
+    """Drop a DDP ``module.`` prefix carried by every key."""
+    if sd and all(k.startswith('module.') for k in sd):
+        return OrderedDict((k[len('module.'):], v) for k, v in sd.items())
+    return OrderedDict(sd)
+
+
 def indices(keys, rx: str, fmt: str) -> List[Tuple[int, ...]]:
     """Index tuples captured by ``rx`` (sorted); each level must count 0..n-1."""
     found = sorted({tuple(int(g) for g in m.groups()) for k in keys
@@ -150,15 +157,13 @@ class Layout:
 
     ``convert(sd, head_dim=..., **options) -> Converted`` maps its keys (every key
     accounted for) and reads the backbone config off the shapes; ``to_official`` is the
-    inverse; ``official_name(our_key)`` names the official source of one of our keys
-    (for the shape check's messages).
+    inverse (also naming the official source of a key in the shape check's messages).
     """
     name: str
     description: str
     detect: Callable[[Mapping[str, Tensor]], bool]
     convert: Callable[..., Converted]
     to_official: Callable[[Mapping[str, Tensor]], StateDict]
-    official_name: Callable[[str], str]
     container: str = 'model'
     head_dim: int = 64
 

@@ -262,25 +262,13 @@ def config_diff(old: Any, new: Any, key: str,
     side only counts as equal when the other side's default is that value (an explicit
     ``rope_type='as2d'`` equals leaving the default).
     """
-    if isinstance(old, tuple):
-        old = list(old)
-    if isinstance(new, tuple):
-        new = list(new)
+    old, new = (list(x) if isinstance(x, tuple) else x for x in (old, new))
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        fill = {}
-        if defaults is not None and old.get('type') == new.get('type'):
-            fill = defaults(old.get('type'))
-        for k in list(old) + [k for k in new if k not in old]:
-            if k == '_scope_':
-                continue
-            a, b = old.get(k, _UNSET), new.get(k, _UNSET)
-            if a == _UNSET and k in fill:
-                a = fill[k]
-            if b == _UNSET and k in fill:
-                b = fill[k]
-            out += config_diff(a, b, f'{key}.{k}', defaults)
-        return out
+        fill = defaults(old.get('type')) if defaults is not None and \
+            old.get('type') == new.get('type') else {}
+        return [d for k in list(old) + [k for k in new if k not in old] if k != '_scope_'
+                for d in config_diff(old.get(k, fill.get(k, _UNSET)),
+                                     new.get(k, fill.get(k, _UNSET)), f'{key}.{k}', defaults)]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [d for i, (a, b) in enumerate(zip(old, new))
                 for d in config_diff(a, b, f'{key}.{i}', defaults)]
@@ -288,9 +276,9 @@ def config_diff(old: Any, new: Any, key: str,
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+    """``a == b``, with NaN equal to NaN."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                      and math.isnan(b))
 
 
 def _as_data(cfg: Dict[str, Any]) -> Dict[str, Any]:

@@ -182,3 +182,20 @@ def test_parameter_counts_match_the_paper_rows(arch, patch, millions):
         net = DiTLLaMA(arch, patch, num_classes=1000, input_size=32)
     n = sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert round(n / 1e6, 2) == millions
+
+
+def test_options_of_the_other_kind_of_file_are_refused(tmp_path, capsys):
+    """One command line for both kinds of file: an option that does not apply to the
+    file given is one error line naming it (exit 1), never silently ignored."""
+    src, dst = tmp_path / 'dump.pt', tmp_path / 'conv.pth'
+    torch.save({'ema': released_weights(0), 'args': argparse.Namespace(model='DiT-tiny')}, src)
+    assert _tool().main([str(src), str(dst), '--num-heads', str(HEADS), '--rope', 'as2d']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and '--rope does not apply' in err and not dst.exists()
+    backbone = tmp_path / 'plain.pth'
+    torch.save({'model': {'patch_embed.proj.weight': torch.zeros(64, 3, 16, 16),
+                          'blocks.0.mlp.c_fc1.weight': torch.zeros(8, 64)}}, backbone)
+    assert _tool().main([str(backbone), str(dst), '--weights', 'model']) == 1
+    err = capsys.readouterr().err
+    assert 'not a DiT-LLaMA / SiT-LLaMA dump: --weights does not apply' in err
+    assert not dst.exists()

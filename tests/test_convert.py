@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vllama_mm.engine import convert as C
+from vllama_mm.engine.checkpoint import load_official
+from vllama_mm.models import convert as C
 from vllama_mm.models import VisionLLaMA
 from vllama_mm.models.pyramid_vision_llama import PyramidVisionLLaMA
 from _tool_loader import load_tool  # noqa: E402  (tests/)
@@ -787,17 +788,17 @@ def test_truncated_file_gives_clear_error(tmp_path):
     cut = tmp_path / 'cut.pth'
     cut.write_bytes(data[:len(data) // 2])
     with pytest.raises(C.ConversionError, match='truncated or corrupt'):
-        C.load_official(str(cut))
+        load_official(str(cut))
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
     with pytest.raises(C.ConversionError, match='empty'):
-        C.load_official(str(empty))
+        load_official(str(empty))
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'this is not a checkpoint' * 10)
     with pytest.raises(C.ConversionError, match='cannot'):
-        C.load_official(str(garbage))
+        load_official(str(garbage))
     with pytest.raises(FileNotFoundError, match='not found'):
-        C.load_official(str(tmp_path / 'missing.pth'))
+        load_official(str(tmp_path / 'missing.pth'))
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
@@ -861,20 +862,20 @@ def test_non_tensor_globals_need_explicit_unsafe(tmp_path):
     sd = official_plain_sd(Maker(6), 'deit3')
     path = _save(dict(model=sd, saved_on=datetime.date(2024, 3, 1)), tmp_path / 'odd.pth')
     with pytest.raises(C.ConversionError, match=r'datetime\.date.*--unsafe'):
-        C.load_official(path)
-    ckpt = C.load_official(path, unsafe=True)
+        load_official(path)
+    ckpt = load_official(path, unsafe=True)
     assert C.convert_checkpoint(ckpt).fmt == 'deit3'
     # what the released files do carry loads safely: DeiT's argparse args, mmengine meta
     import argparse
     path = _save(dict(model=sd, args=argparse.Namespace(lr=1e-3, model='pllama')),
                  tmp_path / 'deit.pth')
-    assert C.load_official(path)['args'].lr == 1e-3
+    assert load_official(path)['args'].lr == 1e-3
 
 
 def test_converted_file_is_not_converted_twice(tmp_path):
     dst = _convert_file(tmp_path, dict(model=official_plain_sd(Maker(7), 'deit3')))
     with pytest.raises(C.ConversionError, match='already converted'):
-        C.convert_checkpoint(C.load_official(dst))
+        C.convert_checkpoint(load_official(dst))
 
 
 def test_module_prefix_and_state_dict_container_are_accepted():
@@ -955,7 +956,7 @@ def test_mmengine_training_meta_loads_safely(tmp_path):
         log_scalars={'train/loss': buf}, runtime_info={'epoch': np.int64(800)}))
     path = _save(dict(state_dict=official_plain_sd(Maker(11), 'mae'), meta=meta),
                  tmp_path / 'epoch_800.pth')
-    ckpt = C.load_official(path)
+    ckpt = load_official(path)
     assert ckpt['meta']['message_hub']['log_scalars']['train/loss'].mean() == 0.375
     assert C.convert_checkpoint(ckpt).fmt == 'mae'
 
@@ -978,10 +979,10 @@ def test_safe_loading_refuses_code_paths(tmp_path):
     path = _save(dict(model=sd, x=_Sneaky((getattr, (argparse.Namespace, '__init__')))),
                  tmp_path / 'getattr.pth')
     with pytest.raises(C.ConversionError, match=r"refusing getattr\(Namespace, '__init__'\)"):
-        C.load_official(path)
+        load_official(path)
     path = _save(dict(model=sd, x=_Sneaky((os.system, ('true',)))), tmp_path / 'system.pth')
     with pytest.raises(C.ConversionError, match=r'(posix|nt)\.system.*--unsafe'):
-        C.load_official(path)
+        load_official(path)
 
 
 def test_pyramid_head_dim_other_than_32_is_refused():

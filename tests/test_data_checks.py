@@ -35,7 +35,7 @@ from mmengine.config import Config  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vllama_mm.datasets import synthetic_ade20k  # noqa: E402
-from vllama_mm.engine.data_check import DataError, check_data  # noqa: E402
+from vllama_mm.datasets.data_check import DataError, check_data  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -24,7 +24,7 @@ RANK = textwrap.dedent('''
     import torch
     import torch.distributed as dist
     from mmengine.config import Config
-    from vllama_mm.engine.runner_utils import _init_cpu_process_group, exit_with_launcher
+    from vllama_mm.engine.launch import _init_cpu_process_group, exit_with_launcher
     if os.environ.get('ARM', '1') == '1':
         exit_with_launcher()
     cfg = Config(dict(launcher='pytorch',

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vllama_mm.engine import convert_dit
+from vllama_mm.models.convert import dit as convert_dit
 from _tool_loader import load_tool  # noqa: E402  (tests/)
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
@@ -141,12 +141,16 @@ def test_convert_model_weights_and_errors(tmp_path):
     assert torch.equal(w12, torch.cat([model['blocks.1.mlp.c_fc1.weight'],
                                        model['blocks.1.mlp.c_fc2.weight']]))
     assert 'denoiser.pos_embed' not in out['state_dict']
+    # the same table read backwards gives the released tensors again, pos_embed aside
+    back = convert_dit.to_official(out['state_dict'])
+    assert sorted(back) == sorted(k for k in model if k != 'pos_embed')
+    assert all(torch.equal(back[k], model[k]) for k in back)
     assert out['meta']['vllama_mm']['denoiser']['input_size'] == GRID * P
-    with pytest.raises(convert_dit.DiTConversionError, match='--family'):
+    with pytest.raises(convert_dit.ConversionError, match='--family'):
         convert_dit.convert_dump({'ema': ema}, num_heads=HEADS)
-    with pytest.raises(convert_dit.DiTConversionError, match='--num-heads'):
+    with pytest.raises(convert_dit.ConversionError, match='--num-heads'):
         convert_dit.convert_dump(dump)
-    with pytest.raises(convert_dit.DiTConversionError, match="no 'ema'"):
+    with pytest.raises(convert_dit.ConversionError, match="no 'ema'"):
         convert_dit.convert_dump({'model': model, 'args': dump['args']}, num_heads=HEADS)
 
 
@@ -178,3 +182,20 @@ def test_parameter_counts_match_the_paper_rows(arch, patch, millions):
         net = DiTLLaMA(arch, patch, num_classes=1000, input_size=32)
     n = sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert round(n / 1e6, 2) == millions
+
+
+def test_options_of_the_other_kind_of_file_are_refused(tmp_path, capsys):
+    """One command line for both kinds of file: an option that does not apply to the
+    file given is one error line naming it (exit 1), never silently ignored."""
+    src, dst = tmp_path / 'dump.pt', tmp_path / 'conv.pth'
+    torch.save({'ema': released_weights(0), 'args': argparse.Namespace(model='DiT-tiny')}, src)
+    assert _tool().main([str(src), str(dst), '--num-heads', str(HEADS), '--rope', 'as2d']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and '--rope does not apply' in err and not dst.exists()
+    backbone = tmp_path / 'plain.pth'
+    torch.save({'model': {'patch_embed.proj.weight': torch.zeros(64, 3, 16, 16),
+                          'blocks.0.mlp.c_fc1.weight': torch.zeros(8, 64)}}, backbone)
+    assert _tool().main([str(backbone), str(dst), '--weights', 'model']) == 1
+    err = capsys.readouterr().err
+    assert 'not a DiT-LLaMA / SiT-LLaMA dump: --weights does not apply' in err
+    assert not dst.exists()

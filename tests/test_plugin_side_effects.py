@@ -26,7 +26,8 @@ lib, path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if lib != 'mmengine':
     importlib.import_module(lib + '.registry')
 if mode == 'plugin':
-    mods = ['vllama_mm', 'vllama_mm.models', 'vllama_mm.engine', 'vllama_mm.generation']
+    mods = ['vllama_mm', 'vllama_mm.models', 'vllama_mm.models.convert', 'vllama_mm.engine',
+            'vllama_mm.datasets.data_check', 'vllama_mm.generation']
     mods += [f'vllama_mm.{m}' for m in ('mmpretrain', 'mmseg', 'mmdet')
              if importlib.util.find_spec(m) is not None]
     for m in mods:

@@ -54,3 +54,38 @@ def test_registering_a_different_class_under_a_taken_name_fails():
     impostor = type('VisionLLaMA', (), {})
     with pytest.raises(KeyError, match='already registered'):
         register_modules(reg, [impostor])
+
+
+def test_models_is_a_leaf():
+    """vllama_mm.models (converters included) imports torch, mmengine, the standard
+    library and its own files only: read off every import statement, and checked in a
+    fresh process that no other vllama_mm package gets imported."""
+    import ast
+    import os.path as osp
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / 'vllama_mm' / 'models'
+    bad = []
+    for path in sorted(root.rglob('*.py')):
+        package = path.parent.relative_to(root.parent).parts  # ('models', ...)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                target = package[:len(package) - node.level + 1]
+                names = [node.module or ''] if node.module else [a.name for a in node.names]
+                if not target or target[0] != 'models':
+                    bad += [f'{path.name}: from {"." * node.level}{n}' for n in names]
+                continue
+            tops = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in tops:
+                top = name.split('.')[0]
+                if top not in ('torch', 'mmengine') and top not in sys.stdlib_module_names:
+                    bad.append(f'{osp.relpath(path, root)}: import {name}')
+    assert not bad, bad
+    code = ('import sys, pkgutil, importlib, vllama_mm.models as m; '
+            '[importlib.import_module(i.name) for i in pkgutil.walk_packages(m.__path__, '
+            '"vllama_mm.models.")]; '
+            'bad = sorted(k for k in sys.modules if k.startswith("vllama_mm.") and not '
+            'k.startswith("vllama_mm.models") and k != "vllama_mm.version") + [k for k in ("mmpretrain", "mmseg", '
+            '"mmdet", "mmcv") if k in sys.modules]; assert not bad, bad')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -220,7 +220,7 @@ def test_converter_loading_keeps_the_allow_list(tmp_path):
     import vllama_mm.mmpretrain  # noqa: F401
     from mmengine.logging import HistoryBuffer
 
-    from vllama_mm.engine.convert import load_official
+    from vllama_mm.engine.checkpoint import load_official
     buf = HistoryBuffer()
     buf.update(1.0)
     path = tmp_path / 'hub.pth'

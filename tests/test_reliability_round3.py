@@ -225,7 +225,7 @@ def test_checkpoint_config_is_never_executed(toy, two_epochs, tmp_path, keep_jso
 
 
 def test_parse_config_text_takes_data_and_refuses_code():
-    from vllama_mm.engine.checkpoint_hook import parse_config_text
+    from vllama_mm.engine.resume import parse_config_text
     got = parse_config_text("model = dict(type='Toy', width=4, sizes=(1, 2), x=-1.5)\n"
                             "work_dir = './w'\nflags = [True, None, {'a': 1}]\n")
     assert got == {'model': {'type': 'Toy', 'width': 4, 'sizes': (1, 2), 'x': -1.5},
@@ -348,7 +348,7 @@ def test_resume_compares_configs_after_filling_defaults(toy, two_epochs, tmp_pat
 
 
 def test_config_diff_fills_the_vision_llama_defaults():
-    from vllama_mm.engine.checkpoint_hook import config_diff
+    from vllama_mm.engine.resume import config_diff
     from vllama_mm.models import VisionLLaMA  # noqa: F401
     import inspect
 
@@ -509,7 +509,8 @@ class _Files(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize('workers', [0, 1])
 def test_a_failing_sample_names_its_file(workers):
-    from vllama_mm.engine.runner_utils import _worker_error, name_failing_samples
+    from vllama_mm.datasets.named_samples import name_failing_samples
+    from vllama_mm.engine.runner_utils import _worker_error
     ds = name_failing_samples(_Files(['a.jpg', 'sub/bad.jpg']))
     assert isinstance(ds, _Files) and ds[0].shape == (1, )
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=workers)
@@ -533,7 +534,7 @@ def test_quick_data_check_looks_at_every_class_and_knows_webp(tmp_path):
     from PIL import Image
 
     from vllama_mm.datasets import synthetic_imagenet
-    from vllama_mm.engine.data_check import DataError, check_data
+    from vllama_mm.datasets.data_check import DataError, check_data
     root = str(tmp_path / 'imnet')
     synthetic_imagenet.generate(root, num_train=2, num_val=1, img_size=16, num_classes=7)
     check_data(_cls_cfg(root), quick=True)
@@ -574,7 +575,7 @@ def _coco(tmp_path):
     ('image_size', r'val2017/\S+: the image is \d+x\d+ \(w x h\) but \S+ says 999x7'),
 ])
 def test_coco_that_would_train_on_nothing_is_reported(tmp_path, fault, match, capsys):
-    from vllama_mm.engine.data_check import DataError, check_data
+    from vllama_mm.datasets.data_check import DataError, check_data
     ann_file, cfg = _coco(tmp_path)
     check_data(cfg, mode='test', quick=True)
     coco = json.load(open(ann_file))

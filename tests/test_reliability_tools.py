@@ -222,7 +222,7 @@ def test_resume_fills_defaults_from_the_library_registry(tiny):
     """An explicit rope_type='as2d' (the default) is the same model on resume."""
     from mmengine.registry import init_default_scope
 
-    from vllama_mm.engine.checkpoint_hook import class_defaults, config_diff
+    from vllama_mm.engine.resume import class_defaults, config_diff
     init_default_scope('mmpretrain')
     assert class_defaults('VisionLLaMA')['rope_type'] == 'as2d'
     old = dict(type='ImageClassifier', backbone=dict(type='VisionLLaMA', arch='tiny'))

@@ -122,7 +122,7 @@ randomness = dict(seed=0, deterministic=True)
 def test_sync_bn_in_a_distributed_cpu_run_is_one_clear_error():
     from mmengine.config import Config
 
-    from vllama_mm.engine.runner_utils import use_gloo_without_cuda
+    from vllama_mm.engine.launch import use_gloo_without_cuda
     from vllama_mm.engine.validate import ConfigError
     bn = dict(type='SyncBN', requires_grad=True)
     model = dict(decode_head=dict(norm_cfg=bn),

@@ -103,7 +103,7 @@ class ModelZooInferencerMixin:
         from mmengine.config import Config
 
         from .engine.checkpoint import verify_checkpoint
-        from .engine.checkpoint_hook import stored_config
+        from .engine.resume import stored_config
         if isinstance(weights, str) and '://' not in weights and osp.isfile(weights):
             verify_checkpoint(weights)
         if not cfg and weights is not None:

@@ -4,7 +4,7 @@
 
 Zero-byte or undecodable images, empty class folders, train/val class lists that differ,
 COCO annotations missing fields, segmentation maps that are not single-channel, of
-another size or with labels out of range (see vllama_mm/engine/data_check.py).
+another size or with labels out of range (see vllama_mm/datasets/data_check.py).
 tools/train.py runs the same checks on a few files per dataset before training.
 Exit status 0: no problem found; 2: problems (listed on one line, each naming its file).
 """
@@ -16,7 +16,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from vllama_mm.engine.data_check import check_data  # noqa: E402
+from vllama_mm.datasets.data_check import check_data  # noqa: E402
 from vllama_mm.engine.validate import (USER_ERRORS, check_cfg_options,  # noqa: E402
                                        check_data_paths, exit_with_error)
 

@@ -160,6 +160,14 @@ def verify_checkpoint(path: str, error: type = None) -> None:
             '(flipped bytes on disk or in transfer); copy or download it again')
 
 
+def safe_load(path: str) -> Any:
+    """``torch.load`` on CPU with safe unpickling (mmengine's classes allowed) and
+    ``mmap`` for zip files (tensors are paged in only when read)."""
+    allow_mmengine_checkpoints()
+    return torch.load(path, map_location='cpu', weights_only=True,
+                      mmap=not is_legacy_checkpoint(path))
+
+
 def check_finite_file(path: str) -> None:
     """:func:`verify_checkpoint`, then refuse the file when a weight tensor is NaN / inf.
 
@@ -168,11 +176,63 @@ def check_finite_file(path: str) -> None:
     state dict). Raises :class:`CheckpointError` naming the file and the tensors.
     """
     verify_checkpoint(path)
-    allow_mmengine_checkpoints()
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except RuntimeError:  # legacy files cannot be memory-mapped
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = safe_load(path)
     sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     check_finite_weights(sd, f'checkpoint {path!r}')
 
+
+
+# ---------------------------------------------------------------------------- released files
+def _short(msg: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters."""
+    msg = ' '.join(msg.split())
+    return msg if len(msg) <= limit else msg[:limit] + ' ...'
+
+
+def load_official(path: str, unsafe: bool = False) -> Any:
+    """``torch.load`` a released checkpoint (any layout the converters know) on CPU.
+
+    The file is verified first (:func:`verify_checkpoint`), then loaded with safe
+    (weights-only) unpickling that allows, besides tensors, only ``argparse.Namespace``
+    (the ``args`` of DeiT / Twins / DiT training dumps) and mmengine's own checkpoint
+    classes; zip files are memory-mapped, so a training dump's optimizer state is never
+    read. A file that needs anything else fails with a
+    :class:`~vllama_mm.models.convert.ConversionError` naming it; ``unsafe=True``
+    (``--unsafe``) only for a file from a source you trust.
+    """
+    import argparse
+    import os.path as osp
+    import re
+
+    from ..models.convert import ConversionError
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if osp.getsize(path) == 0:
+        raise ConversionError(f'{path}: the file is empty (interrupted download?)')
+    verify_checkpoint(path, ConversionError)  # zip CRC: truncated / flipped bytes, named
+    mmap = not is_legacy_checkpoint(path)  # legacy pickles cannot be memory-mapped
+    try:
+        if unsafe:
+            return torch.load(path, map_location='cpu', weights_only=False, mmap=mmap)
+        # only what is not allowed already: the context removes its entries on exit
+        allowed = torch.serialization.get_safe_globals()
+        extra = [g for g in [argparse.Namespace] + mmengine_checkpoint_globals()
+                 if g not in allowed]
+        with torch.serialization.safe_globals(extra):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if 'Weights only load failed' in msg or 'Unsupported global' in msg:
+            found = re.findall(r'Unsupported global: GLOBAL ([\w.]+)', msg) + re.findall(
+                r'(refusing getattr\([^)]*\)|unsupported GLOBAL [\w.]+ whose module \w+ '
+                r'is blocked)', msg)
+            what = f' ({"; ".join(sorted(set(found)))})' if found else ''
+            raise ConversionError(
+                f'{path}: the file pickles non-tensor objects{what} that safe loading '
+                '(torch.load(weights_only=True)) refuses. If you trust where it comes '
+                'from, re-run with --unsafe (loads it with weights_only=False).') from e
+        raise ConversionError(f'{path}: cannot unpickle the file (corrupt or not a PyTorch '
+                              f'checkpoint): {_short(msg)}') from e
+    except Exception as e:  # noqa: BLE001  any other failure means an unreadable file
+        raise ConversionError(f'{path}: cannot read the file as a PyTorch checkpoint '
+                              f'(truncated or corrupt?): {_short(str(e))}') from e

@@ -16,9 +16,12 @@ from typing import Any
 
 from mmengine.config import Config
 
+from ..datasets.named_samples import name_failing_samples
 from .checkpoint import allow_mmengine_checkpoints
+from .launch import _init_cpu_process_group, exit_with_launcher, use_gloo_without_cuda
 from .validate import (USER_ERRORS, ConfigError, check_cfg_options, check_checkpoint_file,
                        validate_cfg, warn_config_variables)
+from .work_dir import prepare_work_dir
 
 #: What tools/train.py and tools/test.py report as one ``error:`` line (exit status 2)
 #: while reading the config and building the Runner: the config / command-line errors
@@ -113,7 +116,7 @@ def prepare_cfg(cfg: Config, args: argparse.Namespace, mode: str = 'train') -> C
     import_plugin(cfg)
     validate_cfg(cfg, mode)  # [validate] dataset / pretrained paths, before any building
     if mode == 'train' and not getattr(args, 'skip_data_check', False):
-        from .data_check import check_data
+        from ..datasets.data_check import check_data
         check_data(cfg, 'train', quick=True)  # a few images per dataset / class
     return cfg
 
@@ -254,237 +257,6 @@ def prepare_test_cfg(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = dict(tta_model, module=cfg.model)
     return cfg
-
-
-def use_gloo_without_cuda(cfg: Config) -> None:
-    """Distributed runs on a machine without CUDA: gloo backend, CPU DDP.
-
-    mmengine 0.10.7 assumes CUDA for ``--launcher pytorch`` (it calls
-    ``torch.cuda.set_device`` and gives DDP ``device_ids``); NCCL needs CUDA too. Here the
-    process group is created with gloo by :func:`build_runner` (mmengine then skips its
-    own init) and DDP is built without device ids.
-    """
-    import torch
-    if torch.cuda.is_available():
-        return
-    check_sync_bn_without_cuda(cfg)
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    if dist_cfg.get('backend', 'nccl') == 'nccl':
-        print('[vllama_mm] CUDA is not available: using the gloo backend for distributed runs')
-        dist_cfg['backend'] = 'gloo'
-    if cfg.get('model_wrapper_cfg') is None:
-        cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-
-
-def _sync_bn_paths(node: Any, path: str) -> list:
-    if isinstance(node, dict):
-        found = [path] if node.get('type') in ('SyncBN', 'MMSyncBN', 'SyncBatchNorm') else []
-        for k, v in node.items():
-            found += _sync_bn_paths(v, f'{path}.{k}')
-        return found
-    if isinstance(node, (list, tuple)):
-        return [p for i, v in enumerate(node) for p in _sync_bn_paths(v, f'{path}.{i}')]
-    return []
-
-
-def check_sync_bn_without_cuda(cfg: Config) -> None:
-    """A distributed run without CUDA cannot use SyncBN (torch's SyncBatchNorm needs GPU
-    tensors; it would fail at the first training step): one error naming the layers.
-    A single process is fine (mmengine turns SyncBN back into BN there)."""
-    paths = _sync_bn_paths(cfg.get('model'), 'model')
-    if cfg.get('sync_bn'):
-        paths.append(f'sync_bn={cfg.sync_bn!r}')
-    if paths:
-        shown = ', '.join(paths[:4]) + (' ...' if len(paths) > 4 else '')
-        fix = ' '.join(f'{p}.type=BN' for p in paths if p.startswith('model'))
-        raise ConfigError(
-            f'SyncBN ({shown}) needs CUDA, and this distributed run has none. Train on '
-            'GPUs, in one process (SyncBN becomes BN there), or with per-rank BN statistics: '
-            f'--cfg-options {fix or "sync_bn=None"} (docs/distributed.md)')
-
-
-def exit_with_launcher() -> bool:
-    """Have the kernel SIGTERM this process when its parent (the launcher) dies.
-
-    torchrun's agent starts the ranks as its children; when the agent is killed
-    (``kill -9``, a node agent crash), the ranks would keep running as orphans, holding
-    the GPUs. Linux only (``prctl(PR_SET_PDEATHSIG)``); returns whether it is armed.
-    """
-    import ctypes
-    import signal
-    if not sys.platform.startswith('linux'):
-        return False
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
-            return False
-    except (OSError, AttributeError):
-        return False
-    if os.getppid() != parent:  # the launcher died before the signal was armed
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
-
-
-def slurm_env_for_gloo() -> None:
-    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from a SLURM task's
-    environment, as mmengine's SLURM init derives them (it then calls
-    ``torch.cuda.set_device``, which fails without CUDA)."""
-    import subprocess
-    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS') if k not in os.environ]
-    if missing:
-        raise ConfigError(f'--launcher slurm: {", ".join(missing)} not set; start the job '
-                           'with srun (tools/slurm_train.sh)')
-    os.environ['RANK'] = os.environ['SLURM_PROCID']
-    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
-    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
-    os.environ.setdefault('MASTER_PORT', '29500')
-    if 'MASTER_ADDR' not in os.environ:
-        nodes = os.environ.get('SLURM_NODELIST', os.environ.get('SLURM_JOB_NODELIST', ''))
-        out = subprocess.run(['scontrol', 'show', 'hostname', nodes], capture_output=True,
-                             text=True, check=False).stdout.split()
-        os.environ['MASTER_ADDR'] = out[0] if out else '127.0.0.1'
-
-
-def _init_cpu_process_group(cfg: Config) -> None:
-    """gloo process group for ``--launcher pytorch`` / ``slurm`` on a machine without CUDA
-    (mmengine's own init would call ``torch.cuda.set_device``)."""
-    import torch
-    import torch.distributed as dist
-    if cfg.get('launcher', 'none') not in ('pytorch', 'slurm') or torch.cuda.is_available() \
-            or dist.is_initialized():
-        return
-    if cfg.get('launcher') == 'slurm':
-        slurm_env_for_gloo()
-    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    backend = dist_cfg.pop('backend', 'gloo')
-    timeout = dist_cfg.pop('timeout', None)
-    kwargs = {}
-    if timeout is not None:
-        import datetime
-        kwargs['timeout'] = datetime.timedelta(seconds=timeout)
-    dist.init_process_group(backend=backend, **kwargs)
-
-
-class SampleError(RuntimeError):
-    """Loading one sample failed; the message names its file."""
-
-
-_NAMED_CLASSES: dict = {}
-_PATH_KEYS = ('img_path', 'seg_map_path', 'file_name', 'filename', 'img')
-
-
-def _sample_file(dataset: Any, index: int) -> str:
-    try:
-        info = dataset.get_data_info(index)
-    except Exception:  # noqa: BLE001 - no name to give
-        return ''
-    if not isinstance(info, dict):
-        return ''
-    paths = [info[k] for k in _PATH_KEYS if isinstance(info.get(k), str) and info[k]]
-    return ' / '.join(dict.fromkeys(paths))  # image and label map of segmentation
-
-
-def name_failing_samples(dataset: Any) -> Any:
-    """Make ``dataset[i]`` failures name the sample's file (``SampleError``).
-
-    An undecodable image deep in an epoch otherwise ends as e.g. "image file is
-    truncated", raised in a data-loader worker, without the file. The instance's class
-    is swapped for a subclass whose ``__getitem__`` adds the file from
-    ``get_data_info(i)`` (nothing else changes; only datasets of our tools' Runner).
-    """
-    cls = type(dataset)
-    if not hasattr(dataset, 'get_data_info') or getattr(cls, '_vllama_names_files', False):
-        return dataset
-    named = _NAMED_CLASSES.get(cls)
-    if named is None:
-        def __getitem__(self, index):
-            try:
-                return cls.__getitem__(self, index)
-            except Exception as e:  # noqa: BLE001 - re-raised with the file named
-                path = _sample_file(self, index)
-                if not path:
-                    raise
-                raise SampleError(f'{path}: cannot load sample {index} ({type(e).__name__}: '
-                                  f'{" ".join(str(e).split())[:300]}); fix or remove the file '
-                                  '(tools/analysis/check_dataset.py CONFIG scans them all)') \
-                    from e
-        named = type(cls.__name__, (cls, ), {'__getitem__': __getitem__,
-                                            '_vllama_names_files': True,
-                                            '__module__': cls.__module__,
-                                            '__reduce_ex__': _reduce_as(cls)})
-        _NAMED_CLASSES[cls] = named
-    try:
-        dataset.__class__ = named
-    except TypeError:
-        pass
-    return dataset
-
-
-def _reduce_as(cls: type):
-    """Pickle (spawned workers) as the original class: the name-adding subclass only
-    lives in this process."""
-    def __reduce_ex__(self, protocol):
-        self.__class__ = cls
-        try:
-            return cls.__reduce_ex__(self, protocol)
-        finally:
-            self.__class__ = _NAMED_CLASSES[cls]
-    return __reduce_ex__
-
-
-def _rank() -> int:
-    for var in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK'):
-        if os.environ.get(var, '').isdigit():
-            return int(os.environ[var])
-    return 0
-
-
-def prepare_work_dir(cfg: Config, mode: str = 'train') -> None:
-    """Check the work dir before anything writes to it; for training take its lock and
-    remove stale checkpoint temporaries.
-
-    A ``work_dir`` that is a file or cannot be written (read-only file system, no
-    permission) is a :class:`ConfigError` naming it. Training (rank 0): the work-dir lock
-    (:func:`~vllama_mm.engine.checkpoint_hook.acquire_work_dir_lock`) first, then the
-    ``*.tmp`` leftovers of a killed or disk-full checkpoint write are removed, before
-    the Runner writes its logs (a leftover can be what fills the disk).
-    """
-    import tempfile
-
-    from .checkpoint_hook import acquire_work_dir_lock, remove_stale_temporaries
-    work_dir = cfg.get('work_dir')
-    if not isinstance(work_dir, str) or '://' in work_dir:
-        return
-    if osp.exists(work_dir) and not osp.isdir(work_dir):
-        raise ConfigError(f'work_dir {work_dir!r} is a file, not a directory: choose another '
-                          '--work-dir')
-    try:
-        os.makedirs(work_dir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix='.write_test_', dir=work_dir)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f'work_dir {work_dir!r} is not writable ({e.strerror or e}): choose '
-                          'another --work-dir') from e
-    if mode != 'train' or _rank() != 0:
-        return
-    acquire_work_dir_lock(work_dir)
-    ckpt = ((cfg.get('default_hooks') or {}).get('checkpoint') or {})
-    ckpt_dir = work_dir
-    if isinstance(ckpt, dict) and isinstance(ckpt.get('out_dir'), str):
-        if '://' in ckpt['out_dir']:
-            return
-        ckpt_dir = osp.join(ckpt['out_dir'], osp.basename(work_dir.rstrip(osp.sep)))
-    if isinstance(ckpt, dict) and ckpt.get('type') in ('AtomicCheckpointHook',
-                                                       'mmengine.AtomicCheckpointHook') \
-            and osp.isdir(ckpt_dir):
-        for tmp in remove_stale_temporaries(ckpt_dir, log=False):
-            print(f'[vllama_mm] removed {tmp}: an incomplete checkpoint of an interrupted '
-                  'save', file=sys.stderr)
 
 
 def build_runner(cfg: Config, mode: str = 'train'):

@@ -137,18 +137,18 @@ def warn_config_variables(cfg: Config, options: Optional[Dict[str, Any]]) -> Lis
 
 
 # ---------------------------------------------------------------------------- paths
-def _is_remote(path: str) -> bool:
+def is_remote(path: str) -> bool:
     return '://' in path or path.startswith(('s3:', 'openmmlab:', 'torchvision:', 'mmcls:'))
 
 
-def _datasets(cfg: Any, key: str) -> Iterator[Tuple[str, Any]]:
+def dataset_dicts(cfg: Any, key: str) -> Iterator[Tuple[str, Any]]:
     """Dataset dicts of a dataloader config, through wrappers (``dataset``/``datasets``)."""
     if isinstance(cfg, dict):
         yield key, cfg
         if isinstance(cfg.get('dataset'), dict):
-            yield from _datasets(cfg['dataset'], f'{key}.dataset')
+            yield from dataset_dicts(cfg['dataset'], f'{key}.dataset')
         for i, sub in enumerate(cfg.get('datasets') or []):
-            yield from _datasets(sub, f'{key}.datasets.{i}')
+            yield from dataset_dicts(sub, f'{key}.datasets.{i}')
 
 
 def dataset_paths(dataset: Dict, key: str) -> List[Tuple[str, str]]:
@@ -162,7 +162,7 @@ def dataset_paths(dataset: Dict, key: str) -> List[Tuple[str, str]]:
     if backend not in ('local', 'disk'):
         return []
     root = dataset.get('data_root') or ''
-    if not isinstance(root, str) or _is_remote(root):
+    if not isinstance(root, str) or is_remote(root):
         return []
     out = []
     if root:
@@ -172,38 +172,42 @@ def dataset_paths(dataset: Dict, key: str) -> List[Tuple[str, str]]:
         return p if (not root or osp.isabs(p)) else osp.join(root, p)
 
     ann = dataset.get('ann_file')
-    if isinstance(ann, str) and ann and not _is_remote(ann):
+    if isinstance(ann, str) and ann and not is_remote(ann):
         out.append((f'{key}.ann_file', join(ann)))
     prefix = dataset.get('data_prefix')
     if isinstance(prefix, str):
         prefix = {'': prefix}
     if isinstance(prefix, dict):
         for name, p in prefix.items():
-            if isinstance(p, str) and p and not _is_remote(p):
+            if isinstance(p, str) and p and not is_remote(p):
                 out.append((f'{key}.data_prefix' + (f'.{name}' if name else ''), join(p)))
     return out
 
 
-def check_data_paths(cfg: Config, mode: str = 'train') -> None:
-    """Every local dataset path of the dataloaders ``mode`` uses must exist.
+def mode_datasets(cfg: Config, mode: str = 'train') -> Iterator[Tuple[str, Dict]]:
+    """``(config key, dataset dict)`` of the dataloaders ``mode`` uses, wrappers included.
 
     ``mode='train'``: ``train_dataloader`` and ``val_dataloader`` (unless validation is
-    off); ``'test'``: ``test_dataloader``. Raises :class:`ConfigError` naming the key.
+    off); ``'test'``: ``test_dataloader``.
     """
     if mode not in _DATALOADERS:
         raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
     for loader_key in _DATALOADERS[mode]:
         loader = cfg.get(loader_key)
-        if not isinstance(loader, dict):
-            continue
-        if loader_key == 'val_dataloader' and cfg.get('val_cfg') is None:
-            continue
-        for key, dataset in _datasets(loader.get('dataset'), f'{loader_key}.dataset'):
-            for name, path in dataset_paths(dataset, key):
-                if not osp.exists(path):
-                    raise ConfigError(
-                        f'{name}: path not found: {path!r} (cwd {os.getcwd()}). Point it at '
-                        f'your data, e.g. --cfg-options {name}=/path/to/data')
+        if isinstance(loader, dict) and not (loader_key == 'val_dataloader'
+                                             and cfg.get('val_cfg') is None):
+            yield from dataset_dicts(loader.get('dataset'), f'{loader_key}.dataset')
+
+
+def check_data_paths(cfg: Config, mode: str = 'train') -> None:
+    """Every local dataset path of the dataloaders ``mode`` uses must exist
+    (:func:`mode_datasets`). Raises :class:`ConfigError` naming the key."""
+    for key, dataset in mode_datasets(cfg, mode):
+        for name, path in dataset_paths(dataset, key):
+            if not osp.exists(path):
+                raise ConfigError(
+                    f'{name}: path not found: {path!r} (cwd {os.getcwd()}). Point it at '
+                    f'your data, e.g. --cfg-options {name}=/path/to/data')
 
 
 def _dicts(node: Any, key: str, match) -> Iterator[Tuple[str, Dict]]:
@@ -225,7 +229,7 @@ def check_checkpoint_file(path: Optional[str], key: str) -> None:
     flipped-byte files); raises :class:`ConfigError` naming ``key`` and the file.
     """
     from .checkpoint import CheckpointError, verify_checkpoint
-    if not path or not isinstance(path, str) or _is_remote(path):
+    if not path or not isinstance(path, str) or is_remote(path):
         return
     if not osp.exists(path):
         raise ConfigError(f'{key}: checkpoint file not found: {path!r}')
@@ -290,6 +294,6 @@ def exit_with_error(exc: BaseException) -> None:
 
 
 __all__ = ['ConfigError', 'RUNNER_KEYS', 'TYPO_RATIO', 'USER_ERRORS', 'check_cfg_options',
-           'warn_config_variables', 'dataset_paths', 'check_data_paths',
+           'warn_config_variables', 'dataset_paths', 'mode_datasets', 'check_data_paths',
            'check_checkpoint_file', 'check_pretrained_files', 'check_model_cfg',
            'validate_cfg', 'exit_with_error']

@@ -107,7 +107,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
     Parameters: ``patch_embeds.{s}``, ``stages.{s}.{j}`` (blocks: ``ln1``, ``attn``,
     ``ls1``, ``ln2``, ``ffn``, ``ls2``), ``norms.{s}`` (``featmap``) or ``norm``
     (``avg_featmap``). The key table from the authors' ``model`` dict is
-    ``vllama_mm/engine/convert/pyramid.py``.
+    ``vllama_mm/models/convert/pyramid.py``.
 
     ``norms.{s}.*`` (the stage norms of ``featmap`` mode) have no counterpart in the
     classification weights. RoPE tables live in ``ropes.{s}``

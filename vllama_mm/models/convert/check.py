@@ -3,18 +3,23 @@ from typing import Any, Mapping
 
 import torch
 
-from ...models.weights import compare
-from .common import ConversionError, Converted, listing
+from ..mae import VisionLLaMAMAE
+from ..pyramid_vision_llama import PyramidVisionLLaMA
+from ..vision_llama import VisionLLaMA
+from ..weights import compare
+from .detect import layout
+from .table import ConversionError, Converted, listing
+
+BACKBONES = {c.__name__: c for c in (VisionLLaMA, PyramidVisionLLaMA, VisionLLaMAMAE)}
 
 
 def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Module:
     """Instantiate the vllama_mm backbone described by ``cfg`` (default: no memory)."""
-    from ... import models
     cfg = dict(cfg)
     kind = cfg.pop('type')
     cfg.pop('init_cfg', None)
-    cls = getattr(models, kind, None)
-    if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+    cls = BACKBONES.get(kind)
+    if cls is None:
         raise ConversionError(f'unknown backbone type {kind!r} (not a vllama_mm.models class)')
     if kind == 'VisionLLaMA':
         cfg.setdefault('out_type', 'raw')
@@ -25,7 +30,6 @@ def build_backbone(cfg: Mapping[str, Any], device: str = 'meta') -> torch.nn.Mod
 def check_against_model(conv: Converted) -> None:
     """The converted backbone keys must equal the target model's, shapes included; errors
     name the official key the tensor came from."""
-    from .detect import layout
     try:
         model = build_backbone(conv.backbone)
     except (ValueError, TypeError) as e:
@@ -35,7 +39,15 @@ def check_against_model(conv: Converted) -> None:
             if k.startswith('backbone.')}
     own = model.state_dict()
     missing, bad, extra = compare(own, have)
-    name = lambda k: repr(layout(conv.fmt).official_name('backbone.' + k))  # noqa: E731
+    back = layout(conv.fmt).to_official
+
+    def name(k: str) -> str:
+        """The official key a tensor of ours comes from: the table read backwards (the
+        first part of a fused tensor, e.g. ``c_fc1`` for ``w12``)."""
+        try:
+            return repr(next(iter(back({'backbone.' + k: have.get(k, own.get(k))}))))
+        except ConversionError:
+            return repr('backbone.' + k)
     if missing:
         raise ConversionError(f'{conv.fmt} checkpoint: missing expected key '
                               f'{name(missing[0])}' + (f' (and {len(missing) - 1} more: '

@@ -1,16 +1,73 @@
-"""A checkpoint layout as a plain key table (``(official, ours)`` template rows serving
-both directions, as timm's ``checkpoint_filter_fn`` tables) and the two steps around
-it: fusing official tensors that are one tensor here (SwiGLU ``c_fc1|c_fc2 -> w12``, a
-global GSA ``q|kv -> qkv``) and splitting them back."""
+"""The converters' small vocabulary: a layout is a plain key table (``(official, ours)``
+template rows serving both directions, as timm's ``checkpoint_filter_fn`` tables), the
+two steps around it (fusing official tensors that are one tensor here: SwiGLU
+``c_fc1|c_fc2 -> w12``, a global GSA ``q|kv -> qkv``, and splitting them back) and the
+result type :class:`Converted`. Plain torch; no file access (the tools read and write)."""
+import copy
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .common import ConversionError, Converted, StateDict, listing
+from ..rope import check_rope_width
+
+StateDict = Dict[str, Tensor]
+_MAX_LISTED = 8
+
+
+class ConversionError(ValueError):
+    """The file is not a checkpoint this converter understands (message says why)."""
+
+
+@dataclass
+class Converted:
+    """A converted checkpoint.
+
+    Attributes:
+        fmt: the detected layout name (``'mae'``, ``'deit3'``, ``'pyramid'``, ...).
+        state_dict: ``backbone.*`` plus ``head.fc.*`` or ``neck.*``/``head.*``.
+        backbone: backbone config (``type``, ``arch`` and the options that reproduce the
+            authors' computation).
+        head: classifier head facts (``num_classes``, ``in_channels``) or ``None``.
+        notes: human-readable notes (dropped keys, assumptions, presets).
+        options: the user's choices that shaped ``backbone`` (e.g. ``rope='2d'``).
+    """
+    fmt: str
+    state_dict: StateDict
+    backbone: Dict[str, Any]
+    head: Optional[Dict[str, int]] = None
+    notes: List[str] = field(default_factory=list)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def meta(self, source: str = '') -> Dict[str, Any]:
+        """The ``meta['vllama_mm']`` record (plain Python types only)."""
+        return dict(format=self.fmt, source=source, backbone=copy.deepcopy(self.backbone),
+                    head=copy.deepcopy(self.head), notes=list(self.notes),
+                    options=copy.deepcopy(self.options))
+
+
+def listing(keys: Iterable[Any], n: int = _MAX_LISTED) -> str:
+    """``'a', 'b', ... (+k more)``: a short, quoted list for error messages."""
+    keys = list(keys)
+    more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
+    return ', '.join(repr(k) for k in keys[:n]) + more
+
+
+
+def heads(dim: int, head_dim: int, where: str) -> int:
+    """Number of heads of a ``dim`` wide layer; errors name the fix (``--head-dim``)."""
+    if head_dim <= 0 or dim % head_dim:
+        raise ConversionError(f'{where}: width {dim} is not divisible by the head dim '
+                              f'{head_dim}; pass the right --head-dim')
+    try:
+        check_rope_width(head_dim)
+    except ValueError as e:
+        raise ConversionError(f'{where}: {e}') from e
+    return dim // head_dim
+
 
 #: ``(official key, our key)`` templates: one row serves both directions. A ``{name}``
 #: field matches :data:`FIELDS` ``[name]`` and is copied to the other side.
@@ -68,6 +125,13 @@ def unfuse(sd: Mapping[str, Tensor], fused: str, first: str, second: str,
     return out
 
 
+def strip_module(sd: Mapping[str, Tensor]) -> StateDict:
+    """Drop a DDP ``module.`` prefix carried by every key."""
+    if sd and all(k.startswith('module.') for k in sd):
+        return OrderedDict((k[len('module.'):], v) for k, v in sd.items())
+    return OrderedDict(sd)
+
+
 def indices(keys, rx: str, fmt: str) -> List[Tuple[int, ...]]:
     """Index tuples captured by ``rx`` (sorted); each level must count 0..n-1."""
     found = sorted({tuple(int(g) for g in m.groups()) for k in keys
@@ -93,15 +157,13 @@ class Layout:
 
     ``convert(sd, head_dim=..., **options) -> Converted`` maps its keys (every key
     accounted for) and reads the backbone config off the shapes; ``to_official`` is the
-    inverse; ``official_name(our_key)`` names the official source of one of our keys
-    (for the shape check's messages).
+    inverse (also naming the official source of a key in the shape check's messages).
     """
     name: str
     description: str
     detect: Callable[[Mapping[str, Tensor]], bool]
     convert: Callable[..., Converted]
     to_official: Callable[[Mapping[str, Tensor]], StateDict]
-    official_name: Callable[[str], str]
     container: str = 'model'
     head_dim: int = 64
 

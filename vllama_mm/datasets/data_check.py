@@ -29,11 +29,11 @@ import json
 import os
 import sys
 import os.path as osp
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from mmengine.config import Config
 
-from .validate import ConfigError, _datasets, _is_remote
+from ..engine.validate import ConfigError, is_remote, mode_datasets
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 #: Images decoded per dataset by the quick check.
@@ -258,17 +258,6 @@ def _join(root: str, p: str) -> str:
     return p if (not root or osp.isabs(p)) else osp.join(root, p)
 
 
-def _leaf_datasets(cfg: Config, keys: Tuple[str, ...]) -> Iterator[Tuple[str, Dict]]:
-    for loader_key in keys:
-        loader = cfg.get(loader_key)
-        if not isinstance(loader, dict) or (loader_key == 'val_dataloader'
-                                            and cfg.get('val_cfg') is None):
-            continue
-        for key, dataset in _datasets(loader.get('dataset'), f'{loader_key}.dataset'):
-            if not isinstance(dataset.get('dataset'), dict) and not dataset.get('datasets'):
-                yield key, dataset
-
-
 def _num_classes(cfg: Config) -> Optional[int]:
     model = cfg.get('model') or {}
     head = model.get('decode_head') or {}
@@ -283,15 +272,16 @@ def check_data(cfg: Config, mode: str = 'train', quick: bool = True) -> List[str
 
     Raises :class:`DataError` listing (up to 10) problems, each naming its file.
     """
-    keys = ('train_dataloader', 'val_dataloader') if mode == 'train' else ('test_dataloader', )
     limit = QUICK_IMAGES if quick else None
     problems: List[str] = []
     report: List[str] = []
     class_lists: Dict[str, Tuple[str, List[str]]] = {}
     seen = set()
-    for key, ds in _leaf_datasets(cfg, keys):
+    for key, ds in mode_datasets(cfg, mode):
+        if isinstance(ds.get('dataset'), dict) or ds.get('datasets'):
+            continue  # a wrapper: its datasets come next
         root = ds.get('data_root') or ''
-        if not isinstance(root, str) or _is_remote(root):
+        if not isinstance(root, str) or is_remote(root):
             continue
         prefix = ds.get('data_prefix')
         ann = ds.get('ann_file') or ''

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Mapping, Union
 
 from torch import Tensor
 
-from .common import ConversionError, Converted, StateDict, heads
-from .layout import (Layout, apply_table, back, fuse, indices, options_none, rename,
-                     unfuse)
+from ..blocks import swiglu_hidden
+from ..pyramid_vision_llama import PyramidVisionLLaMA
 from .plain import SWIGLU
+from .table import (ConversionError, Converted, Layout, StateDict, apply_table, back, fuse,
+                    heads, indices, options_none, unfuse)
 
 OFFICIAL_SR = [8, 4, 2, 1]
 NUM_STAGES = 4
@@ -40,8 +41,6 @@ def _gsa(key: str) -> bool:
 def _arch(dims: List[int], depths: List[int], nh: List[int], srs: List[int],
           hidden: List[int], layer_scale: bool, ffn_bias: bool) -> Union[str, Dict]:
     """Preset name of :class:`PyramidVisionLLaMA` matching these sizes, else a dict."""
-    from ...models.blocks import swiglu_hidden
-    from ...models.pyramid_vision_llama import PyramidVisionLLaMA
     if srs == OFFICIAL_SR and layer_scale and not ffn_bias and \
             hidden == [swiglu_hidden(d) for d in dims]:
         for name in ('s', 'b', 'l'):
@@ -129,17 +128,10 @@ def to_official(sd: Mapping[str, Tensor]) -> StateDict:
     return unfuse(out, SWIGLU[2], SWIGLU[0], SWIGLU[1], lambda t: t.shape[0] // 2)
 
 
-def official_name(key: str) -> str:
-    name = rename(key, TABLE, to_official=True) or key
-    if _gsa(name):
-        name = name.replace(GSA_GLOBAL[2], GSA_GLOBAL[0])
-    return name.replace(SWIGLU[2], SWIGLU[0])
-
-
 PYRAMID = Layout(
     name='pyramid',
     description='Pyramid-VisionLLaMA ImageNet weights (the authors\' Twins-based code)',
     detect=lambda sd: any(k.startswith('patch_embeds.') for k in sd)
     and any(k.startswith('blocks.') and '.mlp.c_fc1.' in k for k in sd),
-    convert=convert, to_official=to_official, official_name=official_name, head_dim=32,
+    convert=convert, to_official=to_official, head_dim=32,
 )

@@ -13,31 +13,32 @@ that read the backbone config off the shapes):
   ``blocks.i``, ``norm``, ``head``); ``rope='2d'`` or ``'as2d'`` picks which of the
   authors' two RoPE variants the weights were trained with.
 
-Modules: :mod:`.files` (safe loading, saving, printing), :mod:`.layout` (renaming by a
-table, fusing and splitting row blocks), :mod:`.plain` / :mod:`.pyramid` (the tables
-and the model each implies),
-:mod:`.detect` (which layout; what a non-convertible file is), :mod:`.check` (the exact
-key/shape check against the target model built on the ``meta`` device).
+The released DiT-LLaMA / SiT-LLaMA dumps have their own table in :mod:`.dit`.
+
+Modules: :mod:`.table` (renaming by a table, fusing and splitting row blocks, the result
+type), :mod:`.plain` / :mod:`.pyramid` / :mod:`.dit` (the tables and the model each
+implies), :mod:`.detect` (which layout; what a non-convertible file is), :mod:`.check`
+(the exact key/shape check against the target model built on the ``meta`` device).
+Reading and writing files is the tools' part (``tools/model_converters/official2vllama.py``,
+safe loading in :func:`vllama_mm.engine.checkpoint.load_official`).
 
 The result is ``{'state_dict': {...}, 'meta': {'vllama_mm': {...}}}`` with
 ``backbone.``-prefixed keys plus ``head.fc.*`` or ``neck.*``/``head.*``; the meta holds a
-ready-to-use backbone config. No task library is imported here.
+ready-to-use backbone config. Plain torch + mmengine, like the models they describe.
 """
 from typing import Any, Mapping, Optional
 
 from torch import Tensor
 
 from .check import build_backbone, check_against_model
-from .common import ConversionError, Converted, StateDict
-from .detect import LAYOUTS, detect_format, layout, recognise, register_layout
-from .files import format_backbone_cfg, load_official, save_converted
+from .detect import LAYOUTS, detect_format, layout, register_layout
 from .plain import ROPE_CHOICES
+from .table import ConversionError, Converted, StateDict
 
 __all__ = [
-    'ConversionError', 'Converted', 'LAYOUTS', 'ROPE_CHOICES',
-    'build_backbone', 'check_against_model', 'convert_checkpoint', 'detect_format',
-    'format_backbone_cfg', 'layout', 'load_official', 'recognise', 'register_layout',
-    'save_converted', 'to_official'
+    'ConversionError', 'Converted', 'LAYOUTS', 'ROPE_CHOICES', 'build_backbone',
+    'check_against_model', 'convert_checkpoint', 'detect_format', 'layout',
+    'register_layout', 'to_official'
 ]
 
 
@@ -46,7 +47,8 @@ def convert_checkpoint(ckpt: Any, head_dim: Optional[int] = None, check: bool = 
     """Detect the layout of a loaded official checkpoint and convert it.
 
     Args:
-        ckpt: what :func:`load_official` returned.
+        ckpt: a loaded official checkpoint (as
+            :func:`vllama_mm.engine.checkpoint.load_official` returns it).
         head_dim: per-head channels (not stored in the weights); default per layout
             (64 plain, 32 pyramid).
         check: verify the result against the target model built on the meta device.

@@ -8,9 +8,9 @@ from typing import Any, Dict, Mapping, Union
 
 from torch import Tensor
 
-from .common import ConversionError, Converted, StateDict, heads
-from .layout import (Layout, apply_table, back, fuse, indices, options_none, rename,
-                     unfuse)
+from ..vision_llama import VisionLLaMA
+from .table import (ConversionError, Converted, Layout, StateDict, apply_table, back, fuse,
+                    heads, indices, options_none, unfuse)
 
 ROPE_CHOICES = ('2d', 'as2d')
 
@@ -46,7 +46,6 @@ MAE_PASSTHROUGH = ('neck.', 'head.')
 
 def plain_arch(sd: Mapping[str, Tensor], head_dim: int, fmt: str) -> Union[str, Dict]:
     """Preset name of :class:`VisionLLaMA` matching our converted weights, else a dict."""
-    from ...models.vision_llama import VisionLLaMA
     d = sd['backbone.patch_embed.projection.weight'].shape[0]
     layers = indices(sd, r'backbone\.layers\.(\d+)\.', fmt)
     if not layers:
@@ -138,11 +137,6 @@ def deit3_to_official(sd: Mapping[str, Tensor]) -> StateDict:
                   lambda t: t.shape[0] // 2)
 
 
-def deit3_name(key: str) -> str:
-    name = rename(key, DEIT3_TABLE, to_official=True) or key
-    return name.replace(SWIGLU[2], SWIGLU[0])
-
-
 def _has(sd: Mapping[str, Tensor], *keys: str) -> bool:
     return all(k in sd for k in keys)
 
@@ -157,7 +151,6 @@ MAE = Layout(
     and not any(k.endswith('.ls1.weight') for k in sd),
     convert=mae_convert,
     to_official=lambda sd: back(sd, MAE_TABLE, 'mae', keep=MAE_PASSTHROUGH),
-    official_name=lambda key: rename(key, MAE_TABLE, to_official=True) or key,
 )
 
 DEIT3 = Layout(
@@ -166,5 +159,4 @@ DEIT3 = Layout(
     detect=lambda sd: _has(sd, 'patch_embed.proj.weight', 'blocks.0.mlp.c_fc1.weight'),
     convert=deit3_convert,
     to_official=deit3_to_official,
-    official_name=deit3_name,
 )

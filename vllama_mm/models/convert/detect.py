@@ -10,11 +10,10 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 from torch import Tensor
 
-from ...models.weights import LOAD_DIRECTLY, recognise
-from .common import ConversionError, listing
-from .layout import Layout
+from ..weights import LOAD_DIRECTLY, recognise
 from .plain import DEIT3, MAE
 from .pyramid import PYRAMID
+from .table import ConversionError, Layout, listing, strip_module
 
 LAYOUTS: List[Layout] = [MAE, PYRAMID, DEIT3]
 
@@ -38,13 +37,6 @@ def _is_tensor_dict(d: Any) -> bool:
         isinstance(k, str) and isinstance(v, Tensor) for k, v in d.items())
 
 
-def _strip_module(sd: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Drop a DDP ``module.`` prefix carried by every key."""
-    if sd and all(k.startswith('module.') for k in sd):
-        return {k[len('module.'):]: v for k, v in sd.items()}
-    return dict(sd)
-
-
 def detect_format(ckpt: Any) -> Tuple[str, Dict[str, Tensor]]:
     """Find the model weights in ``ckpt`` and name their layout.
 
@@ -65,7 +57,7 @@ def detect_format(ckpt: Any) -> Tuple[str, Dict[str, Tensor]]:
         sd = ckpt if where is None else ckpt.get(where)
         if not _is_tensor_dict(sd):
             continue
-        sd = _strip_module(sd)
+        sd = strip_module(sd)
         seen.append((where or '<top level>', sd))
         for lay in LAYOUTS:
             if lay.detect(sd):

@@ -40,7 +40,11 @@ of them make ``(cos, sin)`` tables for the one rotation :func:`apply_rope`:
   ``(t + 0.5)`` divided by the grid extent (``normalize_coords``: ``'separate'`` per
   axis, ``'max'`` / ``'min'`` by the longer / shorter side), mapped to ``[-1, 1]``; angle
   ``2 pi c / period``, periods ``base ** (4k / R)`` or geometric from ``min_period`` to
-  ``max_period`` (``k = 0 .. R/4-1``). In training mode only, one draw per forward for the
+  ``max_period`` (``k = 0 .. R/4-1``); ``base`` defaults to ``theta`` (the backbones'
+  ``rope_theta``; DINOv3's own default is 100, so set one of them to 100 to match it).
+  Tokens outside the grid (an ``'official'`` class-token position, pooled GSA keys,
+  window-local positions) are normalised with the same formula; unrotated prefix
+  tokens stay unrotated, as DINOv3's class and register tokens. In training mode only, one draw per forward for the
   whole batch (as DINOv3): ``c <- (c + shift) * jitter * rescale`` with shift
   ``~ U[-shift_coords, shift_coords]`` per axis, jitter ``exp(U[-ln j, ln j])`` per axis,
   rescale ``exp(U[-ln r, ln r])`` shared by both axes. Layout mapping: DINOv3's
@@ -54,7 +58,11 @@ of them make ``(cos, sin)`` tables for the one rotation :func:`apply_rope`:
   ``(1 - g) f / s_a + g f`` (long wavelengths interpolate, short ones extrapolate);
   ``cos`` and ``sin`` are multiplied by ``mscale = 0.1 ln s_a + 1`` (the attention
   temperature, applied to the tables as the reference implementation does, so logits
-  scale by ``mscale**2``). At or below the anchor it is 2D RoPE.
+  scale by ``mscale**2``; unrotated prefix rows keep amplitude 1). At or below the
+  anchor it is 2D RoPE. The ramp is the paper's (linear in ``r``), not the reference
+  code's index-space version (floor/ceil of the correction dims); with vision anchors
+  (``L`` ~ 14) every pair has ``r <= L / (2 pi) ~ 2.2``, so the default betas make YaRN
+  nearly pure interpolation there (``g <= 0.04``).
 """
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
@@ -463,11 +471,6 @@ class RoPE2D(nn.Module):
                                     ('shift_coords', 'jitter_coords', 'rescale_coords'))
         if shift_r is None and jitter is None and rescale is None:
             return None
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
-                torch.compiler.is_exporting():
-            raise RuntimeError("rope_type='dinov3' augments coordinates at random in training "
-                               'mode; an exported graph would carry that draw: call .eval() '
-                               'before exporting (eval tables are deterministic constants)')
         shift = torch.zeros(2, dtype=torch.float64, device=device)
         scale = torch.ones(2, dtype=torch.float64, device=device)
         if shift_r is not None:
@@ -480,15 +483,14 @@ class RoPE2D(nn.Module):
             scale = scale * torch.empty(1, device=device).uniform_(-lr, lr).exp().double()
         return shift, scale
 
-    def _cached(self, key: Hashable, build: Callable[[], Table],
-                fresh: bool = False) -> Optional[Table]:
+    def _cached(self, key: Hashable, build: Callable[[], Table]) -> Optional[Table]:
         """The table for ``key``, built once: a Pyramid-S forward needs 11 tables, and
         rebuilding them every forward measured 6.3 ms of a 237 ms forward (2.7 %; batch
-        1, 224², one CPU thread). ``fresh`` (learnable frequencies, a coordinate draw):
-        built on every call, in the graph."""
+        1, 224², one CPU thread). ``'mixed'`` tables (learnable frequencies) are built on
+        every call, in the graph."""
         if self.rope_type == 'none':
             return None
-        if fresh or self.rope_type == 'mixed' or torch.compiler.is_compiling():
+        if self.rope_type == 'mixed' or torch.compiler.is_compiling():
             # traced into the graph, not cached: a lookup keyed by the grid size would
             # make torch.compile guard on the cache's contents and recompile for every
             # new input size; in the graph the table follows the (dynamic) size
@@ -572,8 +574,10 @@ class RoPE2D(nn.Module):
             return self._from_positions(pos, (h, w), local, device,
                                         num_prefix - rotated_prefix, aug)
 
+        if aug is not None:  # this forward's coordinate draw: built fresh, in the graph
+            return build()
         return self._cached(('grid', h, w, sc, num_prefix, prefix_mode, local, str(device)),
-                            build, fresh=aug is not None)
+                            build)
 
     def positions(self, key: Hashable, pos_fn: Callable[[], Tensor], h: int, w: int,
                   device=None, aug: Optional[Tuple[Tensor, Tensor]] = None
@@ -587,6 +591,6 @@ class RoPE2D(nn.Module):
         if self.rope_type == '1d':
             raise ValueError("rope_type='1d' is defined on a flat token index only; "
                              'use 2d/as2d/ntk/none for pooled or windowed positions')
-        return self._cached(('pos', key, str(device)),
-                            lambda: self._from_positions(pos_fn(), (h, w), False, device, 0, aug),
-                            fresh=aug is not None)
+        def build() -> Table:
+            return self._from_positions(pos_fn(), (h, w), False, device, 0, aug)
+        return build() if aug is not None else self._cached(('pos', key, str(device)), build)

@@ -60,6 +60,45 @@ def test_apply_rope_equals_reference(dtype, per_sample):
     assert not torch.allclose(out.float(), x.float(), atol=1e-2)  # it did rotate
 
 
+class _OutputDtypes(TorchDispatchMode):
+    """Dtype of every activation-sized tensor the ops under it return."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.dtypes = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.numel:
+                self.dtypes.append((str(func), t.dtype))
+        return out
+
+
+def test_apply_rope_runs_in_the_dtype_of_q_on_contiguous_rows():
+    """The rotation of a strided q view (as the attention passes it) equals the one of
+    a contiguous copy bit for bit; in bf16 no activation-sized float32 tensor appears (no
+    promoted products, no casts of q); in float32 the values are those of the
+    float32-table formula bit for bit (the equivalence tests' numbers are unchanged)."""
+    torch.manual_seed(0)
+    cos, sin = table = _table()
+    qkv = torch.randn(3, 35, 3, 2, 16).permute(2, 0, 3, 1, 4)  # [3, B, h, N, Hc] views
+    q = qkv[0]
+    assert not q.is_contiguous()
+    for dtype in (torch.float32, torch.bfloat16):
+        view = q.to(dtype) if dtype != torch.float32 else q
+        with _OutputDtypes(q.numel()) as seen:
+            out = apply_rope(view, table)
+        assert out.dtype == dtype
+        assert torch.equal(out, apply_rope(view.contiguous(), table))
+        if dtype == torch.bfloat16:
+            assert seen.dtypes and all(d == dtype for _, d in seen.dtypes), seen.dtypes
+    signed = torch.stack((-sin[:, 0::2], sin[:, 1::2]), -1).flatten(-2)
+    a, b = q[..., 0::2], q[..., 1::2]
+    swapped = torch.stack((b, a), -1).flatten(-2)
+    assert torch.equal(apply_rope(q, table), torch.addcmul(q * cos, swapped, signed))
+
+
 def test_rotation_gradient_is_the_inverse_rotation():
     """d/dx of sum(w * rot_theta(x)) = rot_-theta(w): the backward of the plain formula."""
     torch.manual_seed(0)

@@ -216,15 +216,24 @@ def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
     """Rotate ``x`` ``[B, heads, N, Hc]`` by ``table``.
 
     For the pair ``(a, b)`` the result is ``(a cos - b sin, a sin + b cos)``, computed as
-    ``x * cos + swap_pairs(x) * pair_signs(sin)`` in float32 (the tables' dtype
-    promotes the products) and cast back to ``x.dtype``. Table layouts: ``[N, R]`` (all
-    heads), ``[B, N, R]`` (per sample), ``[1|B, heads, N, R]`` (per head). With
-    ``R < Hc`` (partial RoPE) only the first ``R`` channels rotate, the rest pass through.
+    ``x * cos + swap_pairs(x) * pair_signs(sin)`` in the dtype of ``x``: the float32
+    tables are cast to it (a no-op in float32, so float32 results are unchanged bit for
+    bit). Table layouts: ``[N, R]`` (all heads), ``[B, N, R]`` (per sample),
+    ``[1|B, heads, N, R]`` (per head). With ``R < Hc`` (partial RoPE) only the first
+    ``R`` channels rotate, the rest pass through.
 
     Why this form: the sign goes on the small table, so the activations see one pair
-    swap (a single copy) instead of ``unbind`` + negation + ``stack`` (three passes);
-    same values bit for bit. Tables stay float32: in bf16 tables the rotated q/k would
-    carry 1.4x the rounding error of the float32 form (see docs/benchmark.md).
+    swap (a single copy) instead of ``unbind`` + negation + ``stack`` (three passes).
+    ``x`` is made contiguous first: element-wise kernels on the strided q/k views of
+    the qkv projection, whose contiguous runs are one head dim long, are several times
+    slower than one copy plus the same kernels on contiguous memory (measured in
+    docs/benchmark.md).
+    Why the dtype of ``x``: under bf16 autocast q/k leave the projection in bf16; float32
+    tables would promote every product to float32, and on CPU each mixed-dtype op first
+    copies its bf16 input to float32 (two extra passes per tensor plus the cast back).
+    The bf16 tables add less error than q/k already carry from being bf16, and leave the
+    backbones' outputs unchanged to 4 digits against a float64 reference (measured in
+    docs/benchmark.md; the authors rotate in float32, see docs/fidelity.md).
     """
     if table is None:
         return x
@@ -234,7 +243,14 @@ def apply_rope(x: Tensor, table: Optional[Table]) -> Tensor:
     r = cos.shape[-1]
     if r < x.shape[-1]:  # partial RoPE: rotate x[..., :R], keep the rest
         return torch.cat([apply_rope(x[..., :r], (cos, sin)), x[..., r:]], dim=-1)
-    return torch.addcmul(x * cos, swap_pairs(x), pair_signs(sin)).to(x.dtype)
+    # q/k arrive as strided views of the qkv projection ([B, N, 3, heads, Hc] permuted):
+    # one copy to [B, heads, N, R] order lets every op below run over long contiguous
+    # rows (N * R) instead of Hc-long ones, 1.3-4.8x faster at head dim 32 (no-op when
+    # x is contiguous already)
+    x = x.contiguous()
+    # [.., N, R] tables in x's dtype (tiny casts); all three ops then run in that dtype
+    cos, sin = cos.to(x.dtype), pair_signs(sin).to(x.dtype)
+    return torch.addcmul(x * cos, swap_pairs(x), sin)
 
 
 def gather_tokens(table: Optional[Table], ids: Tensor) -> Optional[Table]:

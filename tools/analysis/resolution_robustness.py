@@ -222,6 +222,64 @@ def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) 
         m._cache.clear()  # tables are derived from rope_type: rebuild on the next forward
 
 
+# variants that change training (learned frequencies / augmented normalised coordinates):
+# only the checkpoint trained with one can be evaluated with it
+TRAINED_ONLY = ('mixed', 'dinov3')
+# checkpoints YaRN can be switched into: trained with fixed-frequency 2D tables on the
+# integer grid (ntk / ntk_fixed / yarn train exactly as 2d: they differ only off the anchor)
+YARN_FROM = ('2d', 'as2d', 'ntk', 'ntk_fixed', 'yarn')
+
+
+def not_applicable(trained: str, variant: str) -> Optional[str]:
+    """Why ``variant`` cannot be switched into a checkpoint trained with ``trained``
+    (None if it can). ``none`` (RoPE off) always can."""
+    if variant == trained or variant == 'none':
+        return None
+    if variant in TRAINED_ONLY:
+        return (f'{variant!r} changes training (learnable frequencies / coordinate '
+                f'augmentation); this checkpoint was trained with {trained!r}')
+    if trained == 'mixed':
+        return ("the checkpoint's RoPE frequencies are learned ('mixed'); fixed-frequency "
+                'tables would replace them')
+    if trained == 'dinov3':
+        return ("the checkpoint was trained on normalised coordinates ('dinov3'); integer-grid "
+                'tables do not match them')
+    if variant == 'yarn' and trained not in YARN_FROM:
+        return f"YaRN rescales 2D RoPE frequencies; this checkpoint was trained with {trained!r}"
+    return None
+
+
+def rope_state_keys(backbone, prefix: str = 'backbone.') -> List[str]:
+    """State-dict keys (with ``prefix``) owned by the backbone's RoPE2D modules, e.g. the
+    learnable frequencies of ``'mixed'``; tables are derived and never stored."""
+    names = {id(m): n for n, m in backbone.named_modules() if isinstance(m, RoPE2D)}
+    keys = []
+    for n, m in backbone.named_modules():
+        if id(m) in names and names[id(m)] == n:
+            keys += [f'{prefix}{n}.{k}' for k in m.state_dict()]
+    return sorted(keys)
+
+
+def check_trained_rope(backbone, checkpoint_keys: Sequence[str], trained: str,
+                       checkpoint: str, prefix: str = 'backbone.') -> None:
+    """The checkpoint and the config agree on the RoPE it was trained with: learned RoPE
+    parameters are in the checkpoint exactly when the config's variant has them."""
+    own = rope_state_keys(backbone, prefix)
+    prefixes = tuple(f'{prefix}{n}.' for n, m in backbone.named_modules()
+                     if isinstance(m, RoPE2D))
+    given = sorted(k for k in checkpoint_keys if k.startswith(prefixes))
+    missing = sorted(set(own) - set(given))
+    if missing:
+        raise ValueError(f'{checkpoint} has no {missing[0]} (learned RoPE parameters of '
+                         f'rope_type={trained!r}): it was not trained with this config\'s '
+                         'RoPE; pass the config it was trained with')
+    extra = sorted(set(given) - set(own))
+    if extra:
+        raise ValueError(f'{checkpoint} holds learned RoPE parameters ({extra[0]}) that '
+                         f'rope_type={trained!r} does not have: it was trained with another '
+                         "RoPE (e.g. 'mixed'); pass the config it was trained with")
+
+
 # ---------------------------------------------------------------------------- outputs
 def _fmt(v: Optional[float]) -> str:
     return 'n/a' if v is None else f'{v:.2f}'
@@ -239,8 +297,10 @@ def markdown_table(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequen
 
 
 def plot(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequence[int],
-         base: Optional[int], title: str, path: str) -> None:
-    """Line plot of top-1 against test size, one line per RoPE variant (Agg backend)."""
+         base: Optional[int], title: str, path: str,
+         bands: Optional[Dict[str, Dict[int, Tuple[float, float]]]] = None) -> None:
+    """Line plot of top-1 against test size, one line per RoPE variant (Agg backend);
+    ``bands`` (e.g. the min-max over seeds) are drawn as shaded ranges around the lines."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -249,7 +309,12 @@ def plot(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequence[int],
     for rope, row in results.items():
         pts = [(s, row[s]) for s in sizes if row.get(s) is not None]
         if pts:
-            ax.plot(*zip(*pts), marker='o', label=rope)
+            line, = ax.plot(*zip(*pts), marker='o', label=rope)
+            band = (bands or {}).get(rope, {})
+            spans = [(s, *band[s]) for s, _ in pts if s in band]
+            if spans:
+                xs, lo, hi = zip(*spans)
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     if base is not None:
         ax.axvline(base, color='grey', linestyle='--', linewidth=1, label=f'train {base} px')
     ax.set_xscale('log', base=2)
@@ -340,12 +405,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     supported = supported_rope_types(backbone)
     skipped = {r: f'{type(backbone).__name__} does not define rope_type {r!r}'
                for r in args.rope if r not in supported}
+    for r in args.rope:
+        why = None if r in skipped else not_applicable(original, r)
+        if why:
+            skipped[r] = why
     if getattr(backbone, 'rope_scale', None) is not None:
         print(f'[resolution] note: backbone.rope_scale={backbone.rope_scale!r} fixes the GSA '
               'position scale; only window/anchor-derived scales follow rope_type')
 
     runner.call_hook('before_run')
     runner.load_or_resume()  # loads cfg.load_from into the model
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from vllama_mm.models.weights import checkpoint_state_dict
+    check_trained_rope(backbone, checkpoint_state_dict(
+        _load_checkpoint(args.checkpoint, map_location='cpu')), original, args.checkpoint)
     loop = runner.test_loop
     print(f'[resolution] {type(backbone).__name__} (trained rope_type={original!r}), '
           f'training/test size {base} px; sizes {sizes}; rope {args.rope}', flush=True)
@@ -398,4 +472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad value or file: one line naming it, no traceback
+        sys.exit(f'resolution_robustness: error: {e}')

@@ -25,7 +25,8 @@ and the batch order; the table gives the mean over seeds and the min-max range.
 Writes ``rope_toy_resolution.md`` / ``.json`` (per-seed numbers, mean, std, min, max) /
 ``.png`` (mean with the min-max band) into ``--out-dir`` and prints the table. Each trained
 model's results are also kept in ``<out-dir>/runs/<variant>_seed<k>.json`` together with
-the settings that produced them; a rerun with the same settings reuses them (``--fresh``
+the settings and code digest that produced them; a rerun with the same settings and code
+reuses them (``--fresh``
 retrains), so an interrupted study resumes. The numbers reproduce on the same machine and
 torch version.
 """
@@ -184,10 +185,24 @@ def spread_table(stats: Dict[str, Dict[int, Dict]], sizes: Sequence[int], base: 
     return '\n'.join(lines)
 
 
+def code_digest() -> str:
+    """sha1 of this script and the model code (vllama_mm/models/*.py): cached results of
+    other code are not reused."""
+    import glob
+    import hashlib
+    h = hashlib.sha1()
+    for path in [osp.abspath(__file__)] + sorted(
+            glob.glob(osp.join(ROOT, 'vllama_mm', 'models', '*.py'))):
+        with open(path, 'rb') as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def _settings(trained: str, evaluated: Sequence[str], seed: int, **kw) -> Dict:
     """Everything that decides one trained model's numbers (the cache key)."""
     return dict(trained=trained, evaluated=sorted(evaluated), seed=seed,
-                train_kwargs=TRAIN_KWARGS.get(trained, {}), torch=torch.__version__, **kw)
+                train_kwargs=TRAIN_KWARGS.get(trained, {}), torch=torch.__version__,
+                code=code_digest(), **kw)
 
 
 def run(steps: int = 400, train_size: int = 32, num_train: int = 4000, num_test: int = 1000,

@@ -72,11 +72,15 @@ class VisionLLaMAMAE(VisionLLaMA):
         mask = torch.gather(mask, 1, ids_restore)
         return x_kept, mask, ids_restore, ids_keep
 
-    def _encode(self, tokens: Tensor, hw, table) -> Tensor:
-        """Blocks on patch tokens [B, n, C], then class token (if any), then final norm."""
+    def _encode(self, tokens: Tensor, hw, table, ids_keep: Optional[Tensor] = None) -> Tensor:
+        """Blocks on patch tokens [B, n, C], then class token (if any), then final norm.
+        ``ids_keep`` [B, n]: the kept tokens' rows of the grid ``table``."""
         tokens = self.drop_after_pos(tokens)
-        for layer in self.layers:
-            tokens = run_block(layer, tokens, hw, table, with_cp=self.with_cp)
+        for i, layer in enumerate(self.layers):
+            layer_table = self.rope.layer_table(table, i)  # mixed: per layer
+            if ids_keep is not None:  # kept tokens keep their positions
+                layer_table = gather_tokens(layer_table, ids_keep)
+            tokens = run_block(layer, tokens, hw, layer_table, with_cp=self.with_cp)
         if self.with_cls_token:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         if self.final_norm:
@@ -87,9 +91,10 @@ class VisionLLaMAMAE(VisionLLaMA):
         """``mask`` None/False: backbone outputs (a 1-tuple, formatted by ``out_type``);
         True: the MAE triplet ``(latent, mask, ids_restore)``."""
         tokens, hw = self.patch_embed(x)  # [B, N, C]
-        table = self.rope.grid(hw[0], hw[1], x.device)  # [N, Hc], patch tokens only
+        # [N, Hc], patch tokens only (mixed: [L, heads, N, R]; dinov3: this forward's draw)
+        table = self.rope.grid(hw[0], hw[1], x.device,
+                               aug=self.rope.coords_augmentation(x.device))
         if mask is None or mask is False:
             return (self._format_output(self._encode(tokens, hw, table), hw), )
         tokens, mask_map, ids_restore, ids_keep = self.random_masking(tokens, self.mask_ratio)
-        table = gather_tokens(table, ids_keep)  # kept tokens keep their positions
-        return self._encode(tokens, hw, table), mask_map, ids_restore
+        return self._encode(tokens, hw, table, ids_keep), mask_map, ids_restore

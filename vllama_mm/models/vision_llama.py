@@ -43,8 +43,14 @@ class VisionLLaMA(VisionLLaMABackbone):
         with_cls_token: prepend a class token.
         cls_token_rope: ``'none'`` (class token unrotated) or ``'official'`` (rotated
             at ``t = -1``: ``x = w-1, y = -1``).
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'``, ``'ntk_fixed'``
-            or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'1d'``, ``'ntk'``, ``'ntk_fixed'``,
+            ``'mixed'`` (learnable frequencies per layer and head, ``rope.freqs``
+            ``[num_layers, heads, R/2, 2]``; rope-vit uses ``rope_theta=10``),
+            ``'dinov3'`` (normalised coordinates, augmented in training), ``'yarn'``
+            (NTK-by-parts above the anchor grid) or ``'none'``; formulas in
+            :mod:`vllama_mm.models.rope`.
+        rope_cfg: the variant's parameters, e.g. ``dict(jitter_coords=2.0)`` for
+            ``'dinov3'`` (keys: :data:`vllama_mm.models.rope.ROPE_CFG`); None: defaults.
         rope_theta: RoPE base.
         rope_anchor: anchor grid ``(h, w)`` overriding ``img_size / patch_size``,
             e.g. the pre-training grid when fine-tuning at another size.
@@ -129,6 +135,7 @@ class VisionLLaMA(VisionLLaMABackbone):
                  rope_ratio: float = 1.0,
                  rope_shared: bool = True,
                  rope_ntk_factor: float = 2.0,
+                 rope_cfg: Optional[Dict] = None,
                  abs_pos_embed: Optional[str] = None,
                  drop_path_schedule: str = 'linear',
                  drop_path_branches: str = 'both',
@@ -171,7 +178,8 @@ class VisionLLaMA(VisionLLaMABackbone):
                            rotary_dim=rope_rotary_dim(rope_ratio, head_dim),
                            num_heads=self.num_heads,
                            shared=need_bool(owner, 'rope_shared', rope_shared),
-                           ntk_factor=rope_ntk_factor)
+                           ntk_factor=rope_ntk_factor, num_layers=self.num_layers,
+                           rope_cfg=rope_cfg)
 
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
@@ -269,8 +277,10 @@ class VisionLLaMA(VisionLLaMABackbone):
         return self.num_layers
 
     def layer_id(self, name: str) -> Optional[int]:
-        """Embeddings -> 0, block i -> i + 1, everything after the blocks -> None."""
-        if name == 'cls_token' or name.startswith(('pos_embed', 'patch_embed')):
+        """Embeddings (and the mixed-RoPE frequencies ``rope.freqs``, shared by all
+        blocks, as the position embedding) -> 0, block i -> i + 1, everything after the
+        blocks -> None."""
+        if name in ('cls_token', 'rope.freqs') or name.startswith(('pos_embed', 'patch_embed')):
             return 0
         if name.startswith('layers.'):
             return int(name.split('.')[1]) + 1
@@ -287,12 +297,16 @@ class VisionLLaMA(VisionLLaMABackbone):
         return self.drop_after_pos(x), hw
 
     def rope_tables(self, hw: Tuple[int, int], device: torch.device):
-        """(global table, window table) for this grid; cached inside :class:`RoPE2D`."""
+        """(global table, window table) for this grid; cached inside :class:`RoPE2D`
+        (``'mixed'``: one per layer, see :meth:`RoPE2D.layer_table`; ``'dinov3'`` in
+        training: one coordinate draw for both)."""
+        aug = self.rope.coords_augmentation(device)
         glob = self.rope.grid(hw[0], hw[1], device, self.num_extra_tokens,
-                              self.cls_token_rope)
+                              self.cls_token_rope, aug=aug)
         win = None
         if self.window_size > 0:  # window-local positions 0..ws-1, never rescaled
-            win = self.rope.grid(self.window_size, self.window_size, device, local=True)
+            win = self.rope.grid(self.window_size, self.window_size, device, local=True,
+                                 aug=aug)
         return glob, win
 
     def forward_layers(self, x: Tensor, hw: Tuple[int, int], glob, win,
@@ -300,7 +314,7 @@ class VisionLLaMA(VisionLLaMABackbone):
         """Run the blocks on tokens x and collect the formatted outputs."""
         outs = []
         for i, layer in enumerate(self.layers):
-            table = win if layer.window_size > 0 else glob
+            table = self.rope.layer_table(win if layer.window_size > 0 else glob, i)
             x = run_block(layer, x, hw, table, with_cp=self.with_cp)
             if i == self.num_layers - 1 and self.final_norm:
                 x = self.ln1(x)

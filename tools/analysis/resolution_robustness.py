@@ -3,8 +3,18 @@
 Reproduces the kind of study in the VisionLLaMA paper's tables 4 and 12: a model trained
 at one size is tested at other sizes (e.g. 0.5x to 2x) with its RoPE switched between
 ``none``, ``1d``, ``2d``, ``as2d`` (auto-scaled), ``ntk`` (ours: theta stretched by the
-grid/anchor ratio) and ``ntk_fixed`` (the authors' pyramid ``use_ntk``: theta times
-``--ntk-factor``, 2 for the paper's table 12), without retraining.
+grid/anchor ratio), ``ntk_fixed`` (the authors' pyramid ``use_ntk``: theta times
+``--ntk-factor``, 2 for the paper's table 12) and ``yarn`` (YaRN / NTK-by-parts, default
+beta 32 / 1), without retraining.
+
+Which variants apply depends on how the checkpoint was trained (read from the config and
+checked against the checkpoint's RoPE parameters): ``mixed`` (learned frequencies) and
+``dinov3`` (normalised, augmented coordinates) change training, so they are evaluated only
+on a checkpoint trained with them, and such a checkpoint only with itself and ``none``;
+``yarn`` applies to checkpoints trained with fixed-frequency 2D tables (``2d``, ``as2d``,
+``ntk``, ``ntk_fixed``). Every other cell is ``n/a`` with the reason under the table. A
+checkpoint whose learned RoPE parameters do not match the config (a ``mixed`` checkpoint
+with a ``2d`` config, or the reverse) is refused with one line naming the key.
 
     python tools/analysis/resolution_robustness.py CONFIG CHECKPOINT \
         [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed] \
@@ -202,9 +212,11 @@ def supported_rope_types(backbone) -> Tuple[str, ...]:
     return tuple(getattr(backbone, 'ROPE_TYPES', ROPE_TYPES))
 
 
-def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) -> None:
-    """Switch every RoPE2D of ``backbone`` to ``rope_type`` (and ``ntk_factor``, when
-    given, for ``'ntk_fixed'``) and drop its cached tables."""
+def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None,
+                  rope_cfg: Optional[Dict] = None) -> None:
+    """Switch every RoPE2D of ``backbone`` to ``rope_type`` with ``rope_cfg`` (None: the
+    variant's defaults, e.g. YaRN's beta 32 / 1) and ``ntk_factor``, when given, for
+    ``'ntk_fixed'``; cached tables are dropped (``RoPE2D.configure``)."""
     if ntk_factor is not None and not ntk_factor > 0:
         raise ValueError(f'ntk_factor must be > 0, got {ntk_factor}')
     if rope_type not in ROPE_TYPES:
@@ -214,12 +226,23 @@ def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) 
         raise ValueError(f'{type(backbone).__name__} supports rope_type {allowed}, '
                          f'not {rope_type!r}')
     for m in rope_modules(backbone):
-        if rope_type in ('as2d', 'ntk') and m.anchor_hw is None:
+        if rope_type in ('as2d', 'ntk', 'yarn') and m.anchor_hw is None:
             raise ValueError(f'rope_type={rope_type!r} needs an anchor grid, this RoPE2D has none')
-        m.rope_type = rope_type
         if ntk_factor is not None:
             m.ntk_factor = float(ntk_factor)
-        m._cache.clear()  # tables are derived from rope_type: rebuild on the next forward
+        m.configure(rope_type, rope_cfg)  # tables are derived: rebuilt on the next forward
+
+
+def rope_state(backbone) -> List[Tuple[str, Dict, float]]:
+    """``(rope_type, rope_cfg, ntk_factor)`` of every RoPE2D, to restore after switching."""
+    return [(m.rope_type, copy.deepcopy(m.rope_cfg), m.ntk_factor)
+            for m in rope_modules(backbone)]
+
+
+def restore_rope(backbone, state: Sequence[Tuple[str, Dict, float]]) -> None:
+    for m, (rope_type, rope_cfg, factor) in zip(rope_modules(backbone), state):
+        m.ntk_factor = factor
+        m.configure(rope_type, rope_cfg)
 
 
 # variants that change training (learned frequencies / augmented normalised coordinates):
@@ -401,7 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if backbone is None:
         raise TypeError(f'{type(model).__name__} has no backbone; expected an ImageClassifier')
     ropes = rope_modules(backbone)
-    original, original_factor = ropes[0].rope_type, ropes[0].ntk_factor
+    original, trained_state = ropes[0].rope_type, rope_state(backbone)
     supported = supported_rope_types(backbone)
     skipped = {r: f'{type(backbone).__name__} does not define rope_type {r!r}'
                for r in args.rope if r not in supported}
@@ -436,7 +459,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     results[rope][size] = None
                     continue
                 k += 1
-                set_rope_type(backbone, rope, args.ntk_factor)
+                if rope == original:  # as trained, with its rope_cfg
+                    restore_rope(backbone, trained_state)
+                else:
+                    set_rope_type(backbone, rope, args.ntk_factor)
                 t0 = time.time()
                 metrics = loop.run()
                 if TOP1_KEY not in metrics:
@@ -445,7 +471,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 print(f'[resolution] {k}/{todo} size {size} px, rope {rope}: top-1 '
                       f'{results[rope][size]:.2f} ({time.time() - t0:.1f} s)', flush=True)
     finally:
-        set_rope_type(backbone, original, original_factor)
+        restore_rope(backbone, trained_state)
         runner.call_hook('after_run')
 
     table = markdown_table(results, sizes, base)

@@ -26,8 +26,7 @@ Writes ``rope_toy_resolution.md`` / ``.json`` (per-seed numbers, mean, std, min,
 ``.png`` (mean with the min-max band) into ``--out-dir`` and prints the table. Each trained
 model's results are also kept in ``<out-dir>/runs/<variant>_seed<k>.json`` together with
 the settings and code digest that produced them; a rerun with the same settings and code
-reuses them (``--fresh``
-retrains), so an interrupted study resumes. The numbers reproduce on the same machine and
+reuses them (``--fresh`` retrains), so an interrupted study resumes. The numbers reproduce on the same machine and
 torch version.
 """
 import argparse
@@ -256,11 +255,12 @@ def run(steps: int = 400, train_size: int = 32, num_train: int = 4000, num_test:
                 t0 = time.time()
                 model = train(trained, train_x, train_y, steps, batch, train_size, seed)
                 seconds = round(time.time() - t0, 1)
-                results = {}
+                results, state = {}, tool.rope_state(model.backbone)
                 for v in evaluated:
-                    tool.set_rope_type(model.backbone, v, ntk_factor)
+                    if v != trained:  # a test-time switch; the trained one as trained
+                        tool.set_rope_type(model.backbone, v, ntk_factor)
                     results[v] = {str(s): accuracy(model, test_x[s], test_y) for s in sizes}
-                tool.set_rope_type(model.backbone, trained, ntk_factor)
+                    tool.restore_rope(model.backbone, state)
                 cached = dict(settings=settings, train_seconds=seconds, results=results)
                 if path is not None:
                     os.makedirs(osp.dirname(path), exist_ok=True)

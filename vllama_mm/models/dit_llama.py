@@ -155,8 +155,12 @@ class DiTLLaMA(BaseModule):
         return_sigma: ``True`` (DiT) returns all ``2C`` channels, ``False`` (SiT)
             returns the first ``C`` (the released SiT has the 2C layer and drops half).
         rope_type: ``'2d'`` (the authors') or ``'as2d'`` (positions scaled onto the
-            ``input_size`` grid, so one model can sample another latent size).
+            ``input_size`` grid, so one model can sample another latent size), or any
+            other :data:`vllama_mm.models.rope.ROPE_TYPES` entry: ``'mixed'`` (learnable
+            frequencies per block and head, ``rope.freqs`` ``[num_layers, heads, R/2,
+            2]``), ``'dinov3'``, ``'yarn'``, ``'ntk'``, ``'none'``, ...
         theta: RoPE base.
+        rope_cfg: the variant's parameters (:data:`vllama_mm.models.rope.ROPE_CFG`).
         cfg_channels: channels guided by :meth:`forward_with_cfg`: ``'first3'`` (the
             authors': only the first 3 channels) or ``'all'`` (all ``in_channels``).
         with_cp: activation checkpointing per block when training: ``False`` /
@@ -171,7 +175,7 @@ class DiTLLaMA(BaseModule):
                  learn_sigma: bool = True, return_sigma: bool = True,
                  rope_type: str = '2d', theta: float = 10000.0,
                  cfg_channels: str = 'first3', with_cp: Union[bool, str] = False,
-                 init_cfg: Optional[Dict] = None):
+                 rope_cfg: Optional[Dict] = None, init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch.lower() not in DIT_ARCHS:
@@ -209,7 +213,8 @@ class DiTLLaMA(BaseModule):
         self.cfg_channels = cfg_channels
         self.with_cp = cp_mode(with_cp)
         grid = (size[0] // patch_size, size[1] // patch_size)
-        self.rope = RoPE2D(head_dim, anchor_hw=grid, rope_type=rope_type, theta=theta)
+        self.rope = RoPE2D(head_dim, anchor_hw=grid, rope_type=rope_type, theta=theta,
+                           num_heads=heads, num_layers=depth, rope_cfg=rope_cfg)
 
         self.x_embedder = PatchEmbedder(patch_size, in_channels, dim)
         self.t_embedder = TimestepEmbedder(dim)
@@ -270,9 +275,11 @@ class DiTLLaMA(BaseModule):
             t = t.expand(x.shape[0])
         tokens = self.x_embedder(x)  # [B, N, D]
         c = self.t_embedder(t) + self.y_embedder(y, force_drop)  # [B, D]
-        rope = self.rope.grid(h, w, device=x.device)
-        for block in self.blocks:
-            tokens = run_block(block, tokens, c, rope, with_cp=self.with_cp)
+        rope = self.rope.grid(h, w, device=x.device,
+                              aug=self.rope.coords_augmentation(x.device))
+        for i, block in enumerate(self.blocks):
+            tokens = run_block(block, tokens, c, self.rope.layer_table(rope, i),
+                               with_cp=self.with_cp)
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # [B, C_out, H, W]
         if self.learn_sigma and not self.return_sigma:
             out = out[:, :self.in_channels]

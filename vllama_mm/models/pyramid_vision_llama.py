@@ -73,7 +73,15 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
         gsa_pool: ``'pad'`` (zero pad to a multiple of sr, ceil key grid) or ``'floor'``.
         double_final_norm: ``avg_featmap`` feature ``norm(mean(norm(x)))`` (True) or
             ``norm(mean(x))``.
-        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'`` or ``'none'``.
+        rope_type: ``'as2d'`` (default), ``'2d'``, ``'ntk'``, ``'ntk_fixed'``, ``'mixed'``
+            (learnable frequencies per block and head: ``ropes.{s}.freqs``
+            ``[depths[s], heads_s, R/2, 2]``), ``'dinov3'`` (coordinates normalised by the
+            stage grid, LSA windows by the window; augmented in training, one draw per
+            stage and forward shared by its LSA, GSA query and key tables; needs
+            ``rope_scale=None``), ``'yarn'`` (NTK-by-parts above the stage anchor; LSA
+            windows stay 2D) or ``'none'``; formulas in :mod:`vllama_mm.models.rope`.
+        rope_cfg: the variant's parameters (:data:`vllama_mm.models.rope.ROPE_CFG`),
+            the same for every stage.
         rope_theta: RoPE base.
         rope_anchor: stage-1 anchor grid ``(h, w)`` overriding ``img_size / 4`` (later
             stages halve it, rounding up).
@@ -111,7 +119,8 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
 
     ``norms.{s}.*`` (the stage norms of ``featmap`` mode) have no counterpart in the
     classification weights. RoPE tables live in ``ropes.{s}``
-    (one :class:`RoPE2D` per stage), never in the state dict.
+    (one :class:`RoPE2D` per stage), never in the state dict (only the learnable
+    ``ropes.{s}.freqs`` of ``rope_type='mixed'`` are parameters).
     """
 
     arch_zoo = {
@@ -124,7 +133,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                          layer_scale_init=1e-4, ffn_bias=False)
     OUT_TYPES = ('featmap', 'avg_featmap')
     NEW_TASK_TENSORS = ('norms.', )  # per-stage output norms: none in classification weights
-    ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'none')
+    ROPE_TYPES = ('as2d', '2d', 'ntk', 'ntk_fixed', 'mixed', 'dinov3', 'yarn', 'none')
     OFFICIAL_SPAN = 14.0  # official seg/det GSA scale: 14 / H_stage
     # compat preset -> out_type -> defaults of the geometry switches (constructor
     # arguments of the same names). rope_scale None: from rope_type (AS2DRoPE);
@@ -166,6 +175,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                  rope_ratio: float = 1.0,
                  rope_shared: bool = True,
                  rope_ntk_factor: float = 2.0,
+                 rope_cfg: Optional[Dict] = None,
                  abs_pos_embed: Optional[str] = None,
                  use_peg: bool = False,
                  drop_path_schedule: str = 'linear',
@@ -203,6 +213,10 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             preset['rope_scale'] if rope_scale == 'preset' else rope_scale
         if self.rope_scale not in (None, 'official'):
             need_real(owner, 'rope_scale', self.rope_scale, positive=True)
+        if rope_type == 'dinov3' and self.rope_scale is not None:
+            raise ValueError(f"{owner}: rope_type='dinov3' normalises coordinates by the grid "
+                             f'itself; a GSA position scale (rope_scale={self.rope_scale!r}, '
+                             f"from compat={compat!r}) does not apply: set rope_scale=None")
         self.window_pad_mask: bool = need_bool(owner, 'window_pad_mask', preset[
             'window_pad_mask'] if window_pad_mask is None else window_pad_mask)
         self.gsa_pool: str = preset['gsa_pool'] if gsa_pool is None else gsa_pool
@@ -224,7 +238,8 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
         for s in range(NUM_STAGES):
             self.ropes.append(RoPE2D(HEAD_DIM, anchor, rope_type, rope_theta,
                                      rotary_dim=rotary_dim, num_heads=self.num_heads[s],
-                                     shared=rope_shared, ntk_factor=rope_ntk_factor))
+                                     shared=rope_shared, ntk_factor=rope_ntk_factor,
+                                     num_layers=self.depths[s], rope_cfg=rope_cfg))
             stage_grids.append(anchor)
             anchor = tuple(math.ceil(s / 2) for s in anchor)
 
@@ -354,9 +369,11 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
     def layer_id(self, name: str) -> Optional[int]:
         """Blocks are numbered globally ``1..sum(depths)``; ``patch_embeds.{s}`` (and
         ``pos_embeds.{s}``) get the depth just before the stage's first block, ``pegs.{s}``
-        the one after it; output norms (``norms``, ``norm``) come after the blocks."""
+        the one after it; output norms (``norms``, ``norm``) come after the blocks. The
+        mixed-RoPE frequencies ``ropes.{s}.freqs`` (all blocks of stage s) sit with the
+        stage's patch embedding."""
         parts = name.split('.')
-        if parts[0] in ('patch_embeds', 'pos_embeds'):
+        if parts[0] in ('patch_embeds', 'pos_embeds', 'ropes'):
             return sum(self.depths[:int(parts[1])])
         if parts[0] == 'pegs':
             return sum(self.depths[:int(parts[1])]) + 1
@@ -400,20 +417,23 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                     ) -> Tuple[Optional[Table], Optional[Table], Optional[Table]]:
         """(LSA window table, GSA query table, GSA key table or None) for one stage grid.
 
-        All three are cached inside the stage's :class:`RoPE2D` and shared by its blocks.
-        With sr = 1 the keys are the queries (None).
+        All three are cached inside the stage's :class:`RoPE2D` and shared by its blocks
+        (``'mixed'``: one per block, :meth:`RoPE2D.layer_table`; ``'dinov3'`` in
+        training: one coordinate draw for all three). With sr = 1 the keys are the
+        queries (None).
         """
         rope = self.ropes[stage]
         ws = self.window_size
-        lsa = rope.grid(ws, ws, device, local=True)  # window-local 0..ws-1
+        aug = rope.coords_augmentation(device)
+        lsa = rope.grid(ws, ws, device, local=True, aug=aug)  # window-local 0..ws-1
         scale = self.gsa_scale(stage, hw)
-        gsa_q = rope.grid(hw[0], hw[1], device, scale=scale)
+        gsa_q = rope.grid(hw[0], hw[1], device, scale=scale, aug=aug)
         sr = self.sr_ratios[stage]
         if sr == 1 or self.ropes[stage].rope_type == 'none':
             return lsa, gsa_q, None
         key = ('gsa_keys', hw[0], hw[1], sr, self.rope_compat, self.gsa_pool, scale)
         gsa_k = rope.positions(key, lambda: self.gsa_key_positions(stage, hw),
-                               hw[0], hw[1], device)
+                               hw[0], hw[1], device, aug=aug)
         return lsa, gsa_q, gsa_k
 
     # ------------------------------------------------------------------ forward
@@ -427,11 +447,13 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             if self.abs_pos_embed is not None:
                 x = self.pos_embeds[s](x, hw)
             lsa, gsa_q, gsa_k = self.rope_tables(s, hw, x.device)
+            layer = self.ropes[s].layer_table  # mixed: block j's slice; else the table
             for j, blk in enumerate(self.stages[s]):
                 if j % 2 == 0:
-                    x = run_block(blk, x, hw, lsa, None, with_cp=self.with_cp)
+                    x = run_block(blk, x, hw, layer(lsa, j), None, with_cp=self.with_cp)
                 else:
-                    x = run_block(blk, x, hw, gsa_q, gsa_k, with_cp=self.with_cp)
+                    x = run_block(blk, x, hw, layer(gsa_q, j), layer(gsa_k, j),
+                                  with_cp=self.with_cp)
                 if j == 0 and self.use_peg:
                     x = self.pegs[s](x, hw)  # [B, H_s*W_s, C_s]
             C = x.shape[-1]

@@ -581,6 +581,5 @@ class RoPE2D(nn.Module):
             raise ValueError("rope_type='1d' is defined on a flat token index only; "
                              'use 2d/as2d/ntk/none for pooled or windowed positions')
         return self._cached(('pos', key, str(device)),
-                            lambda: self._from_positions(pos_fn(), (h, w), False, device,
-                                                         aug=aug),
+                            lambda: self._from_positions(pos_fn(), (h, w), False, device, 0, aug),
                             fresh=aug is not None)

@@ -167,7 +167,8 @@ def test_tiny_dit_with_mixed_rope_trains_through_the_runner(tmp_path):
     args = argparse.Namespace(
         launcher='none', work_dir=str(tmp_path), amp=False, auto_scale_lr=False, resume=None,
         no_validate=False, config=str(TINY_DIT),
-        cfg_options={'train_cfg.max_iters': 2, 'default_hooks.checkpoint.interval': 2,
+        # adaLN-Zero: attention (and its RoPE) gets gradients from the 3rd step on
+        cfg_options={'train_cfg.max_iters': 3, 'default_hooks.checkpoint.interval': 3,
                      'train_dataloader.batch_size': 4,
                      'train_dataloader.dataset.num_per_class': 1,
                      'model.denoiser.rope_type': mixed.rope_type,
@@ -181,7 +182,7 @@ def test_tiny_dit_with_mixed_rope_trains_through_the_runner(tmp_path):
         runner.train()
         params = dict(runner.model.named_parameters())
         assert all(not torch.equal(params[n].detach(), v) for n, v in freqs.items())
-        ckpt = torch.load(tmp_path / 'iter_2.pth', map_location='cpu', weights_only=False)
+        ckpt = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=False)
         assert any(k.endswith('freqs') for k in ckpt['state_dict'])  # saved with the model
         imgs = runner.model.sample(torch.tensor([0, 1]), num_steps=2,
                                    generator=torch.Generator().manual_seed(0))

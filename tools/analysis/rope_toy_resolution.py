@@ -30,6 +30,7 @@ reuses them (``--fresh`` retrains), so an interrupted study resumes. The numbers
 torch version.
 """
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -184,16 +185,21 @@ def spread_table(stats: Dict[str, Dict[int, Dict]], sizes: Sequence[int], base: 
     return '\n'.join(lines)
 
 
+@functools.lru_cache(maxsize=None)
 def code_digest() -> str:
-    """sha1 of this script and the model code (vllama_mm/models/*.py): cached results of
-    other code are not reused."""
+    """sha1 of the code that decides the numbers: the model code (vllama_mm/models/*.py)
+    and this script's data, model, training and evaluation functions (not its output
+    formatting), so cached results of other code are not reused."""
     import glob
     import hashlib
+    import inspect
     h = hashlib.sha1()
-    for path in [osp.abspath(__file__)] + sorted(
-            glob.glob(osp.join(ROOT, 'vllama_mm', 'models', '*.py'))):
+    for path in sorted(glob.glob(osp.join(ROOT, 'vllama_mm', 'models', '*.py'))):
         with open(path, 'rb') as f:
             h.update(f.read())
+    for obj in (sample_scenes, render, ToyClassifier, train, accuracy):
+        h.update(inspect.getsource(obj).encode())
+    h.update(repr((CLASSES, HALF, sorted(TRAIN_KWARGS.items()))).encode())
     return h.hexdigest()[:16]
 
 
@@ -292,7 +298,8 @@ def write_outputs(summary: Dict, out_dir: str) -> str:
     note = (f"Top-1 (%) on {summary['num_test']} held-out scenes, mean over seeds "
             f"{summary['seeds']} with the min-max over seeds in parentheses; "
             f"{summary['steps']} steps of batch {summary['batch']} at {base} px per model "
-            f"(median {secs[len(secs) // 2]} s of training per model), torch {summary['torch']}.")
+            f"(median {secs[len(secs) // 2]} s of training per model, wall clock, one thread of a "
+            f"2-core machine shared with other jobs), torch {summary['torch']}.")
     stem = osp.join(out_dir, 'rope_toy_resolution')
     with open(stem + '.md', 'w') as f:
         f.write(note + '\n\n' + table + '\n')

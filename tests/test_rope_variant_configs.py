@@ -156,6 +156,29 @@ def test_tiny_version_trains_and_evaluates(name, cls_data, tmp_path):
     assert 0.0 <= metrics['accuracy/top1'] <= 100.0 and math.isfinite(metrics['accuracy/top1'])
     if rope == 'dinov3':  # the coordinate augmentation is off in eval: same result twice
         assert runner.test()['accuracy/top1'] == metrics['accuracy/top1']
+    if rope == 'mixed' and 'pyramid' not in name:
+        _resolution_tool_on_mixed_checkpoint(cfg, tmp_path, metrics['accuracy/top1'])
+
+
+def _resolution_tool_on_mixed_checkpoint(cfg: Config, tmp_path, top1: float) -> None:
+    """The resolution tool on the trained mixed checkpoint: 'mixed' evaluated (the Runner's
+    own number at the training size), fixed-frequency variants n/a with the reason."""
+    full = torch.load(tmp_path / 'work' / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    ckpt = tmp_path / 'weights.pth'  # meta + weights, as released checkpoints
+    torch.save(dict(meta=full['meta'], state_dict=full['state_dict']), ckpt)
+    assert 'backbone.rope.freqs' in full['state_dict']
+    cfg_path = tmp_path / 'mixed_tiny.py'
+    cfg.dump(str(cfg_path))
+    summary = tool.main([str(cfg_path), str(ckpt), '--sizes', '32', '64',
+                         '--rope', 'none', 'as2d', 'yarn', 'mixed',
+                         '--out-dir', str(tmp_path / 'res')])
+    assert summary['trained_rope_type'] == 'mixed'
+    assert summary['top1']['mixed']['64'] == pytest.approx(top1, abs=1e-6)
+    assert summary['top1']['none']['32'] is not None
+    assert summary['top1']['as2d'] == {'32': None, '64': None}
+    assert 'learned' in summary['skipped']['as2d'] and 'learned' in summary['skipped']['yarn']
+    md = (tmp_path / 'res' / 'resolution_robustness.md').read_text()
+    assert "n/a for as2d: the checkpoint's RoPE frequencies are learned" in md
 
 
 def test_tiny_dit_with_mixed_rope_trains_through_the_runner(tmp_path):

@@ -17,7 +17,7 @@ checkpoint whose learned RoPE parameters do not match the config (a ``mixed`` ch
 with a ``2d`` config, or the reverse) is refused with one line naming the key.
 
     python tools/analysis/resolution_robustness.py CONFIG CHECKPOINT \
-        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed] \
+        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed yarn ...] \
         [--ntk-factor 2] \
         [--out-dir DIR] [--cfg-options test_dataloader.batch_size=16 ...]
 
@@ -275,12 +275,8 @@ def not_applicable(trained: str, variant: str) -> Optional[str]:
 def rope_state_keys(backbone, prefix: str = 'backbone.') -> List[str]:
     """State-dict keys (with ``prefix``) owned by the backbone's RoPE2D modules, e.g. the
     learnable frequencies of ``'mixed'``; tables are derived and never stored."""
-    names = {id(m): n for n, m in backbone.named_modules() if isinstance(m, RoPE2D)}
-    keys = []
-    for n, m in backbone.named_modules():
-        if id(m) in names and names[id(m)] == n:
-            keys += [f'{prefix}{n}.{k}' for k in m.state_dict()]
-    return sorted(keys)
+    return sorted(f'{prefix}{n}.{k}' for n, m in backbone.named_modules()
+                  if isinstance(m, RoPE2D) for k in m.state_dict())
 
 
 def check_trained_rope(backbone, checkpoint_keys: Sequence[str], trained: str,

@@ -17,7 +17,9 @@ as mmseg's ``LayerDecayOptimizerConstructor`` means them (same scales, no weight
 Parameter ``p`` at depth ``d`` of ``L`` gets ``lr * rate ** (L - 1 - d)`` (head and
 neck: depth ``L - 1``, scale 1). ``flat_decay_mult`` multiplies the weight decay of
 1-D parameters (norms, biases, layer scale) and ``custom_keys`` (substring ->
-``lr_mult`` / ``decay_mult``, longest key wins) act as in mmengine.
+``lr_mult`` / ``decay_mult``, longest key wins) act as in mmengine. The learnable RoPE
+frequencies (``freqs`` of a :class:`~vllama_mm.models.rope.RoPE2D`, ``rope_type='mixed'``)
+get no weight decay, as rope-vit's ``no_weight_decay()`` (a custom key still overrides).
 """
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Tuple
@@ -25,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from torch import nn
+
+from ..models.rope import RoPE2D
 
 
 #: paramwise_cfg keys of mmseg's ``LayerDecayOptimizerConstructor`` /
@@ -105,7 +109,10 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         custom_keys: Dict = self.paramwise_cfg.get('custom_keys', {})
         keys = sorted(custom_keys, key=len, reverse=True)
         summary = defaultdict(int)
-        for name, param in getattr(module, 'module', module).named_parameters():
+        model = getattr(module, 'module', module)
+        no_decay = {f'{n}.freqs'.lstrip('.') for n, m in model.named_modules()
+                    if isinstance(m, RoPE2D)}  # mixed-RoPE frequencies (rope-vit)
+        for name, param in model.named_parameters():
             group: Dict = dict(params=[param])
             if not param.requires_grad:
                 params.append(group)
@@ -115,6 +122,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             decay_mult = 1.0
             if self.flat_decay_mult is not None and param.ndim <= 1:
                 decay_mult = float(self.flat_decay_mult)
+            if name in no_decay:
+                decay_mult = 0.0
             lr_mult = 1.0
             for key in keys:
                 if key in name:

@@ -16,6 +16,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .backbone_utils import init_module, is_pretrained
+from .rope import RoPE2D
 from .weights import check_shapes, load_pretrained
 
 
@@ -166,8 +167,17 @@ class VisionLLaMABackbone(BaseModule):
         """Remove checkpoint entries this backbone has no use for, logging why."""
 
     def _prepare_checkpoint(self, state_dict, prefix, *args, **kwargs) -> None:
-        """Load pre-hook: drop what is unused here, then refuse tensors of other shapes."""
+        """Load pre-hook: drop what is unused here, refuse learned RoPE frequencies this
+        model would ignore, then refuse tensors of other shapes."""
         self.drop_unused(state_dict, prefix, MMLogger.get_current_instance())
+        for name, module in self.named_modules():
+            key = f'{prefix}{name}.freqs'
+            if isinstance(module, RoPE2D) and key in state_dict and \
+                    module.rope_type != 'mixed':
+                raise ValueError(f'{type(self).__name__}: the checkpoint has learned RoPE '
+                                 f"frequencies {key} (rope_type='mixed') but this model has "
+                                 f'rope_type={module.rope_type!r}, which would ignore them: '
+                                 "build it with rope_type='mixed'")
         check_shapes(self, state_dict, prefix)
 
     # ------------------------------------------------------------------ freezing

@@ -122,3 +122,51 @@ def test_onnx_tool_loads_a_checkpoint_safely(tmp_path, capsys):
     out = capsys.readouterr()
     assert 'error:' in out.err + out.out and 'bad.pth' in out.err + out.out
     assert not (tmp_path / 'bad').exists() or not any((tmp_path / 'bad').iterdir())
+
+
+# ----------------------------------------------------------------------------- RoPE variants
+VARIANTS = [('mixed', None), ('dinov3', dict(jitter_coords=2.0, shift_coords=0.1)),
+            ('yarn', None)]
+
+
+def _variant_models(rope_type, cfg):
+    return [('plain', VisionLLaMA(TINY_PLAIN, img_size=64, rope_type=rope_type, rope_cfg=cfg)),
+            ('pyramid', PyramidVisionLLaMA(TINY_PYRAMID, img_size=64, rope_type=rope_type,
+                                           rope_cfg=cfg))]
+
+
+@pytest.mark.parametrize('rope_type, cfg', VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_rope_variants_export(rope_type, cfg, tmp_path):
+    """Every variant exports in eval mode (torch.export and ONNX match eager, above the
+    anchor grid): ``mixed`` computes its tables in the graph from the learned ``freqs``
+    (Einsum, Cos, Sin nodes), ``dinov3`` (eval: no augmentation) and ``yarn`` carry them
+    as constants. ``dinov3`` in training mode refuses torch.export / jit.trace with one
+    named error (ONNX export runs the model in eval mode itself)."""
+    size = (80, 96)
+    # pyramid (pooled GSA keys) where its tables are computed in the graph
+    models = _variant_models(rope_type, cfg)[:1 if rope_type != 'mixed' else 2]
+    for name, model in models:
+        model.init_weights()
+        model.eval()
+        x = torch.randn(2, 3, *size)
+        ref = _run(model, x)
+        for a, b in zip(ref, _run(torch.export.export(model, (x, )).module(), x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    import onnx
+    tool = _load_tool('tools/deployment/pytorch2onnx.py')
+    for name, model in models:
+        path = str(tmp_path / f'{rope_type}_{name}.onnx')
+        tool.export(model, size, path)
+        assert tool.check(model, size, path, 1e-4) <= 1e-4
+        ops = {n.op_type for n in onnx.load(path).graph.node}
+        assert ('Cos' in ops) == (rope_type == 'mixed'), (name, sorted(ops))
+        assert not ops & {'RandomUniform', 'RandomUniformLike'}
+    if rope_type == 'dinov3':  # torch.export / jit.trace of a training-mode model
+        model = _variant_models(rope_type, cfg)[0][1].train()
+        x = torch.randn(1, 3, *size)
+        for export in (lambda: torch.export.export(model, (x, )),
+                       lambda: torch.jit.trace(model, x, check_trace=False)):
+            with pytest.raises(RuntimeError, match=r'call \.eval\(\) before exporting'):
+                export()

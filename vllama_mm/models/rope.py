@@ -140,10 +140,12 @@ def rope_table(pos: Tensor, freqs: Tensor, rope_type: str = '2d',
     else:
         axis = torch.arange(freqs.numel(), device=pos.device) % 2  # 0 -> x, 1 -> y
         angles = pos.double()[:, axis] * freqs.double()  # [N, Hc/2]
-    angles = angles.repeat_interleave(2, dim=-1)  # [..., N, Hc]: pair angle on dims 2j, 2j+1
+    # [..., N, Hc]: pair angle on dims 2j, 2j+1 (stack + flatten: repeat_interleave of a
+    # 4-D tensor computed in the graph, as mixed is, exports to a broken ONNX Expand)
+    angles = torch.stack([angles, angles], dim=-1).flatten(-2)
     cos, sin = angles.cos(), angles.sin()
     if amplitude is not None:
-        amp = amplitude.double().repeat_interleave(2)  # [Hc]
+        amp = amplitude.double().repeat_interleave(2)  # [Hc] (a constant)
         cos, sin = cos * amp, sin * amp
     return cos.float(), sin.float()
 
@@ -461,6 +463,11 @@ class RoPE2D(nn.Module):
                                     ('shift_coords', 'jitter_coords', 'rescale_coords'))
         if shift_r is None and jitter is None and rescale is None:
             return None
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or \
+                torch.compiler.is_exporting():
+            raise RuntimeError("rope_type='dinov3' augments coordinates at random in training "
+                               'mode; an exported graph would carry that draw: call .eval() '
+                               'before exporting (eval tables are deterministic constants)')
         shift = torch.zeros(2, dtype=torch.float64, device=device)
         scale = torch.ones(2, dtype=torch.float64, device=device)
         if shift_r is not None:

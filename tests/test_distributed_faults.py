@@ -8,14 +8,14 @@
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
-import torch
+
+from _dist import free_port, gloo_only
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -38,14 +38,7 @@ RANK = textwrap.dedent('''
         time.sleep(0.05)
 ''')
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
-                                reason='the CPU (gloo) path on Linux')
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+pytestmark = gloo_only
 
 
 def _env(**extra) -> dict:
@@ -74,7 +67,7 @@ def _alive(pid: int) -> bool:
 def test_a_stopped_rank_ends_the_job_after_the_timeout(tmp_path):
     script = tmp_path / 'rank.py'
     script.write_text(RANK)
-    port = str(_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, str(script), '3', str(tmp_path)], cwd=REPO,
                               env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE='2',
                                        MASTER_PORT=port, ARM='0'),
@@ -102,7 +95,7 @@ def test_ranks_exit_when_the_torchrun_agent_is_killed(tmp_path, armed):
     script.write_text(RANK)
     agent = subprocess.Popen(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-         f'--master_port={_port()}', str(script), '600', str(tmp_path)], cwd=REPO,
+         f'--master_port={free_port()}', str(script), '600', str(tmp_path)], cwd=REPO,
         env=_env(ARM='1' if armed else '0'), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     pids = []

@@ -9,13 +9,14 @@ import re
 import os
 import os.path as osp
 import glob
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+
+from _dist import free_port, gloo_only
 
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -28,14 +29,6 @@ DIT = osp.join(REPO, 'configs/generation/dit_llama',
 FSDP = "model_wrapper_cfg = dict(type='FSDP2ModelWrapper')\n"
 
 # the runs: the CPU (gloo) path on Linux
-gloo = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
-                          reason='the CPU (gloo) path on Linux')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _train(cfg_text: str, work: str, gpus: int, *args, expect_ok: bool = True,
@@ -44,7 +37,7 @@ def _train(cfg_text: str, work: str, gpus: int, *args, expect_ok: bool = True,
     cfg = osp.join(work, 'cfg.py')
     with open(cfg, 'w') as f:
         f.write(cfg_text)
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1', PORT=str(_free_port()),
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1', PORT=str(free_port()),
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
     env.update(env_extra or {})
     if gpus > 1:
@@ -213,7 +206,7 @@ STEPS = textwrap.dedent("""
 """)
 
 
-@gloo
+@gloo_only
 def test_fsdp2_layer_decay_frozen_stages_accumulation_equal_ddp(tmp_path):
     """Without the Runner (no task library needed): FSDP2ModelWrapper.train_step with our
     layer-decay constructor, frozen_stages, clipping and accumulation == DDP on 2 ranks."""
@@ -225,7 +218,7 @@ def test_fsdp2_layer_decay_frozen_stages_accumulation_equal_ddp(tmp_path):
         env = dict(os.environ, OMP_NUM_THREADS='1',
                    PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
         run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                              f'--master_port={_free_port()}', str(script), kind, str(out)],
+                              f'--master_port={free_port()}', str(script), kind, str(out)],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         res[kind] = torch.load(out, weights_only=True)
@@ -264,7 +257,7 @@ CLIP_ACC = ("optim_wrapper = dict(clip_grad=dict(max_norm=0.5), accumulative_cou
             "train_cfg = dict(max_iters=4)\n")
 
 
-@gloo
+@gloo_only
 @pytest.mark.parametrize('variant', ['plain', 'clip-accumulate'])
 def test_fsdp2_dit_with_ema_equals_ddp(tmp_path, variant):
     """DiT-LLaMA with EMA: FSDP2 (sharded EMA source) == DDP, per-step losses, raw and EMA
@@ -321,7 +314,7 @@ def _write_killer(folder) -> None:
     (folder / 'killer.py').write_text(KILLER)
 
 
-@gloo
+@gloo_only
 def test_fsdp2_dit_resume_after_a_killed_rank_equals_ddp_resume(tmp_path):
     """DiT with EMA, rank 1 killed before iteration 3, --resume from iter_2: FSDP2 and DDP
     continue identically (weights, EMA, optimizer state, losses). (mmengine restores the seed,
@@ -403,7 +396,7 @@ randomness = dict(seed=0, deterministic=True)
     return root, cfg, runs
 
 
-@gloo
+@gloo_only
 def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
     root, cfg, runs = cls_setup
     la, lb = _losses(runs['fsdp']), _losses(runs['ddp'])
@@ -436,13 +429,13 @@ def test_fsdp2_classification_equals_ddp_and_one_process(cls_setup):
     assert any(n and n.startswith('backbone.layers.2.') for n in names), names
 
 
-@gloo
+@gloo_only
 def test_fsdp2_resume_after_a_killed_rank_continues_exactly(cls_setup, tmp_path):
     """Rank 1 is killed (SIGKILL) during iteration 5; the job dies; --resume from the work
     dir (iter_4) reaches the same iter_6 as the uninterrupted run."""
     root, cfg, runs = cls_setup
     _write_killer(tmp_path)
-    extra = (FSDP + f"custom_imports = dict(imports=['vllama_mm.mmpretrain', 'killer'], "
+    extra = (FSDP + "custom_imports = dict(imports=['vllama_mm.mmpretrain', 'killer'], "
              "allow_failed_imports=False)\ncustom_hooks = [dict(type='KillRank1')]\n"
              "env_cfg = dict(dist_cfg=dict(timeout=20))\n")
     work = str(tmp_path / 'w')
@@ -463,7 +456,7 @@ def test_fsdp2_resume_after_a_killed_rank_continues_exactly(cls_setup, tmp_path)
     assert w == 0.0 and o == 0.0 and lr == lu
 
 
-@gloo
+@gloo_only
 def test_fsdp2_bf16_mixed_precision_trains(cls_setup, tmp_path):
     """param_dtype bf16 / reduce fp32: trains, checkpoints keep fp32 weights, loss close to
     the fp32 run (not equal: bf16 compute)."""
@@ -484,7 +477,7 @@ def test_fsdp2_bf16_mixed_precision_trains(cls_setup, tmp_path):
 
 
 # ---------------------------------------------------------------------------- MAE
-@gloo
+@gloo_only
 def test_fsdp2_mae_equals_ddp(tmp_path):
     """MAE pre-training (random masks per rank): FSDP2 == DDP on 2 ranks."""
     pytest.importorskip('mmpretrain')

@@ -28,18 +28,6 @@ PAPER = {
 TINY = sorted(p for p in CONFIGS if 'tiny' in p.name)
 
 
-@pytest.fixture
-def restore_default_scope():
-    """A Runner makes its default scope ('vllama_mm') the process-wide current one; undo
-    that so later tests that build without naming a scope are unaffected."""
-    from mmengine.registry import DefaultScope
-    before = list(DefaultScope._instance_dict)
-    yield
-    for name in list(DefaultScope._instance_dict):
-        if name not in before:
-            DefaultScope._instance_dict.pop(name)
-
-
 def test_every_paper_row_has_a_config():
     assert set(PAPER) <= {p.name for p in CONFIGS}
     assert len(TINY) == 2
@@ -63,6 +51,8 @@ def test_paper_config_recipe_and_size(name):
     ema = [h for h in cfg.custom_hooks if h.type == 'EMAHook']
     assert len(ema) == 1 and ema[0].momentum == 1e-4  # decay 0.9999
     assert cfg.model.vae == dict(kind='sd', path='stabilityai/sd-vae-ft-ema')
+    # DiT/SiT seed each rank differently (global_seed * world_size + rank)
+    assert cfg.randomness.seed == 0 and cfg.randomness.diff_rank_seed is True
     sampler = cfg.model.sampler
     assert (sampler.type, sampler.num_steps) == (('ddpm', 250) if kind == 'DiTGenerator'
                                                   else ('sde', 250))
@@ -73,8 +63,7 @@ def test_paper_config_recipe_and_size(name):
 
 
 @pytest.mark.parametrize('path', TINY, ids=[p.name for p in TINY])
-def test_tiny_config_trains_through_the_runner_and_samples(path, tmp_path,
-                                                           restore_default_scope):
+def test_tiny_config_trains_through_the_runner_and_samples(path, tmp_path):
     from vllama_mm.engine.runner_utils import build_runner, prepare_cfg
     cfg = Config.fromfile(str(path))
     args = argparse.Namespace(launcher='none', work_dir=str(tmp_path), amp=False,

@@ -2,22 +2,17 @@
 batch; `mim train` runs our configs through the library's own train script."""
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from _dist import free_port
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'configs/mmpretrain/vision_llama/'
                 'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
@@ -52,7 +47,7 @@ randomness = dict(seed=0, deterministic=True)
 
 def _run(cmd, env_extra=None):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1',
-               MASTER_PORT=str(_free_port()))
+               MASTER_PORT=str(free_port()))
     env.update(env_extra or {})
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
@@ -73,7 +68,7 @@ def test_dist_train_2_cpu_processes_matches_single_process(setup):
     c2.write_text(text.replace('BATCH', '2'))
     c1.write_text(text.replace('BATCH', '4'))
     out = _run(['bash', 'tools/dist_train.sh', str(c2), '2', '--work-dir', str(root / 'w2')],
-               dict(PORT=str(_free_port())))
+               dict(PORT=str(free_port())))
     assert 'gloo' in out.stdout + out.stderr
     _run([sys.executable, 'tools/train.py', str(c1), '--work-dir', str(root / 'w1')])
     for it in (1, 3):

@@ -4,13 +4,14 @@ with gloo and end with the same weights as the torchrun path (tools/dist_train.s
 import json
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+
+from _dist import free_port, gloo_only
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIT = osp.join(REPO, 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py')
@@ -42,14 +43,7 @@ FAKE_SRUN = textwrap.dedent('''\
 ''')
 FAKE_SCONTROL = '#!/bin/sh\n# fake scontrol: "show hostname LIST" -> this host\necho 127.0.0.1\n'
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() or not sys.platform.startswith('linux'),
-                                reason='the CPU (gloo) path on Linux')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+pytestmark = gloo_only
 
 
 @pytest.fixture()
@@ -103,7 +97,7 @@ default_hooks = dict(logger=dict(interval=1),
 env_cfg = dict(dist_cfg=dict(_delete_=True, backend='nccl', timeout=120))  # as on a cluster
 randomness = dict(seed=0, deterministic=True)
 """)
-    env = dict(fake_slurm, GPUS='2', GPUS_PER_NODE='0', PORT=str(_free_port()))
+    env = dict(fake_slurm, GPUS='2', GPUS_PER_NODE='0', PORT=str(free_port()))
     out = subprocess.run(['bash', 'tools/slurm_train.sh', 'part', 'job', str(cfg),
                           str(tmp_path / 'slurm'), '--skip-data-check'], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
@@ -112,7 +106,7 @@ randomness = dict(seed=0, deterministic=True)
     import glob
     log = open(glob.glob(str(tmp_path / 'slurm' / '*' / '*.log'))[0]).read()
     assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
-    env = dict(fake_slurm, PORT=str(_free_port()))
+    env = dict(fake_slurm, PORT=str(free_port()))
     out = subprocess.run(['bash', 'tools/dist_train.sh', str(cfg), '2', '--work-dir',
                           str(tmp_path / 'torchrun'), '--skip-data-check'], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)

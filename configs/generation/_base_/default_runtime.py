@@ -39,4 +39,6 @@ visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None
 resume = False
-randomness = dict(seed=0)
+# each rank draws its own noise and timesteps, as DiT/SiT's train.py seeds every rank
+# differently (global_seed * world_size + rank); mmengine adds the rank to the seed
+randomness = dict(seed=0, diff_rank_seed=True)

@@ -182,10 +182,7 @@ def _resolution_tool_on_mixed_checkpoint(cfg: Config, tmp_path, top1: float) -> 
 
 
 def test_tiny_dit_with_mixed_rope_trains_through_the_runner(tmp_path):
-    from mmengine.registry import DefaultScope
-
     from vllama_mm.engine.runner_utils import build_runner, prepare_cfg
-    before_scopes = list(DefaultScope._instance_dict)
     mixed = Config.fromfile(str(DIT_MIXED)).model.denoiser
     args = argparse.Namespace(
         launcher='none', work_dir=str(tmp_path), amp=False, auto_scale_lr=False, resume=None,
@@ -196,21 +193,16 @@ def test_tiny_dit_with_mixed_rope_trains_through_the_runner(tmp_path):
                      'train_dataloader.dataset.num_per_class': 1,
                      'model.denoiser.rope_type': mixed.rope_type,
                      'model.denoiser.theta': mixed.theta})
-    try:
-        cfg = prepare_cfg(Config.fromfile(str(TINY_DIT)), args, mode='train')
-        runner = build_runner(cfg)
-        freqs = {n: p.detach().clone() for n, p in runner.model.named_parameters()
-                 if 'freqs' in n}
-        assert freqs, 'mixed RoPE has learnable frequencies'
-        runner.train()
-        params = dict(runner.model.named_parameters())
-        assert all(not torch.equal(params[n].detach(), v) for n, v in freqs.items())
-        ckpt = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=False)
-        assert any(k.endswith('freqs') for k in ckpt['state_dict'])  # saved with the model
-        imgs = runner.model.sample(torch.tensor([0, 1]), num_steps=2,
-                                   generator=torch.Generator().manual_seed(0))
-        assert imgs.shape[-2:] == (32, 32) and torch.isfinite(imgs).all()
-    finally:
-        for scope in list(DefaultScope._instance_dict):
-            if scope not in before_scopes:
-                DefaultScope._instance_dict.pop(scope)
+    cfg = prepare_cfg(Config.fromfile(str(TINY_DIT)), args, mode='train')
+    runner = build_runner(cfg)
+    freqs = {n: p.detach().clone() for n, p in runner.model.named_parameters()
+             if 'freqs' in n}
+    assert freqs, 'mixed RoPE has learnable frequencies'
+    runner.train()
+    params = dict(runner.model.named_parameters())
+    assert all(not torch.equal(params[n].detach(), v) for n, v in freqs.items())
+    ckpt = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=False)
+    assert any(k.endswith('freqs') for k in ckpt['state_dict'])  # saved with the model
+    imgs = runner.model.sample(torch.tensor([0, 1]), num_steps=2,
+                               generator=torch.Generator().manual_seed(0))
+    assert imgs.shape[-2:] == (32, 32) and torch.isfinite(imgs).all()

@@ -96,3 +96,19 @@ def test_trained_variants_use_their_reference_settings():
         toy.run(variants=('alibi', ), seeds=(0, ), **TINY)
     with pytest.raises(ValueError, match='distinct'):
         toy.run(seeds=(0, 0), **TINY)
+
+
+def test_committed_study_is_consistent():
+    """docs/toy_resolution holds the full study (>= 3 seeds, every variant); its spreads are
+    the per-seed numbers' and docs/ablations.md quotes its table."""
+    from pathlib import Path
+    docs = Path(__file__).resolve().parents[1] / 'docs'
+    saved = json.loads((docs / 'toy_resolution' / 'rope_toy_resolution.json').read_text())
+    assert len(saved['seeds']) >= 3 and set(saved['per_seed']) == set(toy.VARIANTS)
+    for v, seeds in saved['per_seed'].items():
+        assert sorted(seeds) == sorted(str(s) for s in saved['seeds'])
+        for s in saved['sizes']:
+            st = saved['stats'][v][str(s)]
+            assert st == pytest.approx(toy.spread([row[str(s)] for row in seeds.values()]))
+    table = (docs / 'toy_resolution' / 'rope_toy_resolution.md').read_text().split('\n\n')[1]
+    assert table.strip() in (docs / 'ablations.md').read_text()

@@ -312,7 +312,7 @@ def write_outputs(summary: Dict, out_dir: str) -> str:
              for v, row in summary['stats'].items()}
     tool.plot(summary['results'], sizes, base,
               f"toy: 4-class spatial layout, tiny VisionLLaMA, {summary['steps']} steps at "
-              f"{base} px; mean and min-max over {len(summary['seeds'])} seeds",
+              f"{base} px\nmean and min-max over {len(summary['seeds'])} seeds",
               stem + '.png', bands=bands)
     return table
 

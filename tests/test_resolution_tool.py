@@ -188,7 +188,8 @@ def test_tool_end_to_end(tmp_path):
 
     out_dir = tmp_path / 'res'
     cmd = [sys.executable, TOOL, CONFIG, str(ckpt), '--sizes', '32', '64',
-           '--rope', 'none', '2d', 'as2d', 'yarn', 'mixed', 'dinov3', '--out-dir', str(out_dir), '--cfg-options',
+           '--rope', 'none', '2d', 'as2d', 'yarn', 'mixed', 'dinov3', '--out-dir', str(out_dir),
+           '--cfg-options',
            f'test_dataloader.dataset.data_root={data}', 'test_dataloader.num_workers=0']
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -6,7 +6,7 @@ import copy
 import math
 import os.path as osp
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 import torch
@@ -21,10 +21,11 @@ PYRAMID_BASE = PYRAMID / 'pyramid-vision-llama-s_8xb128_in1k.py'
 TINY_CLS = PLAIN / 'vision-llama-tiny-p8_1xb32-10e_synthetic-64px.py'
 TINY_DIT = ROOT / 'configs/generation/dit_llama/dit-llama-tiny-p4_1xb32-500i_synthetic-32px.py'
 DIT_BASE = ROOT / 'configs/generation/dit_llama/dit-llama-b-p4_8xb32-amp-400k_in1k-256px.py'
-DIT_MIXED = ROOT / 'configs/generation/dit_llama/dit-llama-b-p4-mixed-rope_8xb32-amp-400k_in1k-256px.py'
+DIT_MIXED = ROOT / ('configs/generation/dit_llama/'
+                    'dit-llama-b-p4-mixed-rope_8xb32-amp-400k_in1k-256px.py')
 
 # config -> (its base row, the test size it evaluates at; None = the base's)
-VARIANTS: Dict[str, Tuple[Path, int]] = {
+VARIANTS: Dict[str, Tuple[Path, Optional[int]]] = {
     'vision-llama-b-p16-mixed-rope_8xb256-lamb-800e_in1k-192px.py': (PLAIN_BASE, None),
     'vision-llama-b-p16-dinov3-rope_8xb256-lamb-800e_in1k-192px.py': (PLAIN_BASE, None),
     'vision-llama-b-p16-yarn-rope_8xb256-lamb-800e_in1k-192px-test-384px.py': (PLAIN_BASE, 384),

@@ -26,8 +26,8 @@ Writes ``rope_toy_resolution.md`` / ``.json`` (per-seed numbers, mean, std, min,
 ``.png`` (mean with the min-max band) into ``--out-dir`` and prints the table. Each trained
 model's results are also kept in ``<out-dir>/runs/<variant>_seed<k>.json`` together with
 the settings and code digest that produced them; a rerun with the same settings and code
-reuses them (``--fresh`` retrains), so an interrupted study resumes. The numbers reproduce on the same machine and
-torch version.
+reuses them (``--fresh`` retrains), so an interrupted study resumes. The numbers reproduce
+on the same machine and torch version.
 """
 import argparse
 import functools

@@ -373,7 +373,7 @@ def test_toy_resolution_experiment_smoke():
     on64 = img64[:, 0].reshape(2, 16, 4, 16, 4).gt(0).any(4).any(2)
     assert (on16 & ~on64).sum() == 0 and on16.any()
     out = toy.run(steps=2, train_size=16, num_train=32, num_test=8, batch=8,
-                  variants=('none', '2d', 'as2d'))
+                  variants=('none', '2d', 'as2d'), seeds=(0, ))
     assert out['sizes'] == [8, 12, 16, 24, 32]
     assert set(out['results']) == {'none', '2d', 'as2d'}
     assert out['results']['as2d'][16] == out['results']['2d'][16]  # equal at the train size

@@ -76,7 +76,7 @@ def test_switching_rope_in_place_equals_building_with_it():
     trained = VisionLLaMA(arch, img_size=32, patch_size=8, rope_type='as2d').eval()
     x = torch.randn(2, 3, 48, 48)  # 6x6 grid, anchor 4x4: the variants differ here
     outs = {}
-    for rope in ('1d', '2d', 'ntk', 'none', 'as2d'):
+    for rope in ('1d', '2d', 'ntk', 'yarn', 'none', 'as2d'):
         reference = VisionLLaMA(arch, img_size=32, patch_size=8, rope_type=rope).eval()
         reference.load_state_dict(trained.state_dict())
         tool.set_rope_type(trained, rope)
@@ -85,10 +85,52 @@ def test_switching_rope_in_place_equals_building_with_it():
             torch.testing.assert_close(outs[rope], reference(x)[0], rtol=0, atol=0)
     assert not torch.allclose(outs['as2d'], outs['2d'])  # off the anchor size they differ
     assert not torch.allclose(outs['1d'], outs['2d'])
+    assert not torch.allclose(outs['yarn'], outs['2d'])  # 6x6 > 4x4 anchor: YaRN acts
     with pytest.raises(ValueError, match='rope_type must be one of'):
         tool.set_rope_type(trained, 'alibi')
     with pytest.raises(TypeError, match='no RoPE2D'):
         tool.rope_modules(torch.nn.Linear(2, 2))
+
+
+def test_applicability_of_the_variants():
+    """Training-changing variants only on their own checkpoints; YaRN on 2D-trained ones."""
+    assert tool.not_applicable('as2d', 'yarn') is None
+    assert tool.not_applicable('2d', 'ntk_fixed') is None
+    assert 'changes training' in tool.not_applicable('as2d', 'mixed')
+    assert 'changes training' in tool.not_applicable('2d', 'dinov3')
+    assert tool.not_applicable('mixed', 'mixed') is None
+    assert tool.not_applicable('mixed', 'none') is None  # RoPE off: always defined
+    assert 'learned' in tool.not_applicable('mixed', 'as2d')
+    assert 'normalised' in tool.not_applicable('dinov3', 'yarn')
+    assert 'YaRN' in tool.not_applicable('1d', 'yarn')
+
+
+def test_checkpoint_rope_must_match_the_config():
+    """Learned RoPE frequencies are in the checkpoint exactly when the config has them."""
+    from vllama_mm.models import VisionLLaMA
+    arch = dict(embed_dims=32, num_layers=2, num_heads=2)
+    mixed = VisionLLaMA(arch, img_size=32, patch_size=8, rope_type='mixed', rope_theta=10.0)
+    plain = VisionLLaMA(arch, img_size=32, patch_size=8, rope_type='as2d')
+    mixed_keys = ['backbone.' + k for k in mixed.state_dict()]
+    plain_keys = ['backbone.' + k for k in plain.state_dict()]
+    assert tool.rope_state_keys(mixed) == ['backbone.rope.freqs']
+    assert tool.rope_state_keys(plain) == []
+    tool.check_trained_rope(mixed, mixed_keys, 'mixed', 'm.pth')
+    tool.check_trained_rope(plain, plain_keys, 'as2d', 'p.pth')
+    with pytest.raises(ValueError, match=r"p\.pth has no backbone\.rope\.freqs"):
+        tool.check_trained_rope(mixed, plain_keys, 'mixed', 'p.pth')
+    with pytest.raises(ValueError, match=r"m\.pth holds learned RoPE parameters"):
+        tool.check_trained_rope(plain, mixed_keys, 'as2d', 'm.pth')
+    # switching a mixed model's RoPE off and back keeps its learned frequencies in use
+    x = torch.randn(1, 3, 48, 48)
+    mixed.eval()
+    with torch.no_grad():
+        ref = mixed(x)[0]
+        state = tool.rope_state(mixed)
+        tool.set_rope_type(mixed, 'none')
+        assert not torch.allclose(mixed(x)[0], ref)
+        tool.restore_rope(mixed, state)
+        torch.testing.assert_close(mixed(x)[0], ref, rtol=0, atol=0)
 
 
 def test_pyramid_switches_every_stage_and_has_no_1d():
@@ -109,7 +151,8 @@ def _parse_table(md: str):
     table = {}
     for line in rows[2:]:
         cells = [c.strip() for c in line.strip('|').split('|')]
-        table[cells[0]] = dict(zip(sizes, (float(c) for c in cells[1:])))
+        table[cells[0]] = dict(zip(sizes, (None if c == 'n/a' else float(c)
+                                           for c in cells[1:])))
     return sizes, table
 
 
@@ -145,19 +188,26 @@ def test_tool_end_to_end(tmp_path):
 
     out_dir = tmp_path / 'res'
     cmd = [sys.executable, TOOL, CONFIG, str(ckpt), '--sizes', '32', '64',
-           '--rope', 'none', '2d', 'as2d', '--out-dir', str(out_dir), '--cfg-options',
+           '--rope', 'none', '2d', 'as2d', 'yarn', 'mixed', 'dinov3', '--out-dir', str(out_dir),
+           '--cfg-options',
            f'test_dataloader.dataset.data_root={data}', 'test_dataloader.num_workers=0']
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len(re.findall(r'\[resolution\] \d/6 size', proc.stdout)) == 6  # progress
+    assert len(re.findall(r'\[resolution\] \d/8 size', proc.stdout)) == 8  # progress
 
     md = (out_dir / 'resolution_robustness.md').read_text()
     assert md.strip().splitlines()[-1] in proc.stdout  # the table is printed too
     sizes, table = _parse_table(md)
     assert sizes == [32, 64] and '64 (train)' in md
-    assert set(table) == {'none', '2d', 'as2d'}
-    for row in table.values():
-        assert all(0.0 <= row[s] <= 100.0 for s in sizes)
+    assert set(table) == {'none', '2d', 'as2d', 'yarn', 'mixed', 'dinov3'}
+    for rope, row in table.items():
+        if rope in ('mixed', 'dinov3'):  # change training: n/a on an as2d checkpoint
+            assert all(row[s] is None for s in sizes)
+            assert f"n/a for {rope}: '{rope}' changes training" in md
+        else:
+            assert all(0.0 <= row[s] <= 100.0 for s in sizes)
+    # at or below the anchor (the 64 px training grid) YaRN is plain 2D RoPE
+    assert table['yarn'][64] == table['2d'][64] and table['yarn'][32] == table['2d'][32]
     # AS2DRoPE is plain 2D RoPE at the training (anchor) size: identical predictions
     assert table['as2d'][64] == table['2d'][64]
 

@@ -3,11 +3,21 @@
 Reproduces the kind of study in the VisionLLaMA paper's tables 4 and 12: a model trained
 at one size is tested at other sizes (e.g. 0.5x to 2x) with its RoPE switched between
 ``none``, ``1d``, ``2d``, ``as2d`` (auto-scaled), ``ntk`` (ours: theta stretched by the
-grid/anchor ratio) and ``ntk_fixed`` (the authors' pyramid ``use_ntk``: theta times
-``--ntk-factor``, 2 for the paper's table 12), without retraining.
+grid/anchor ratio), ``ntk_fixed`` (the authors' pyramid ``use_ntk``: theta times
+``--ntk-factor``, 2 for the paper's table 12) and ``yarn`` (YaRN / NTK-by-parts, default
+beta 32 / 1), without retraining.
+
+Which variants apply depends on how the checkpoint was trained (read from the config and
+checked against the checkpoint's RoPE parameters): ``mixed`` (learned frequencies) and
+``dinov3`` (normalised, augmented coordinates) change training, so they are evaluated only
+on a checkpoint trained with them, and such a checkpoint only with itself and ``none``;
+``yarn`` applies to checkpoints trained with fixed-frequency 2D tables (``2d``, ``as2d``,
+``ntk``, ``ntk_fixed``). Every other cell is ``n/a`` with the reason under the table. A
+checkpoint whose learned RoPE parameters do not match the config (a ``mixed`` checkpoint
+with a ``2d`` config, or the reverse) is refused with one line naming the key.
 
     python tools/analysis/resolution_robustness.py CONFIG CHECKPOINT \
-        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed] \
+        [--sizes 112 160 224 320 448] [--rope none 1d 2d as2d ntk ntk_fixed yarn ...] \
         [--ntk-factor 2] \
         [--out-dir DIR] [--cfg-options test_dataloader.batch_size=16 ...]
 
@@ -202,9 +212,11 @@ def supported_rope_types(backbone) -> Tuple[str, ...]:
     return tuple(getattr(backbone, 'ROPE_TYPES', ROPE_TYPES))
 
 
-def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) -> None:
-    """Switch every RoPE2D of ``backbone`` to ``rope_type`` (and ``ntk_factor``, when
-    given, for ``'ntk_fixed'``) and drop its cached tables."""
+def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None,
+                  rope_cfg: Optional[Dict] = None) -> None:
+    """Switch every RoPE2D of ``backbone`` to ``rope_type`` with ``rope_cfg`` (None: the
+    variant's defaults, e.g. YaRN's beta 32 / 1) and ``ntk_factor``, when given, for
+    ``'ntk_fixed'``; cached tables are dropped (``RoPE2D.configure``)."""
     if ntk_factor is not None and not ntk_factor > 0:
         raise ValueError(f'ntk_factor must be > 0, got {ntk_factor}')
     if rope_type not in ROPE_TYPES:
@@ -214,12 +226,77 @@ def set_rope_type(backbone, rope_type: str, ntk_factor: Optional[float] = None) 
         raise ValueError(f'{type(backbone).__name__} supports rope_type {allowed}, '
                          f'not {rope_type!r}')
     for m in rope_modules(backbone):
-        if rope_type in ('as2d', 'ntk') and m.anchor_hw is None:
+        if rope_type in ('as2d', 'ntk', 'yarn') and m.anchor_hw is None:
             raise ValueError(f'rope_type={rope_type!r} needs an anchor grid, this RoPE2D has none')
-        m.rope_type = rope_type
         if ntk_factor is not None:
             m.ntk_factor = float(ntk_factor)
-        m._cache.clear()  # tables are derived from rope_type: rebuild on the next forward
+        m.configure(rope_type, rope_cfg)  # tables are derived: rebuilt on the next forward
+
+
+def rope_state(backbone) -> List[Tuple[str, Dict, float]]:
+    """``(rope_type, rope_cfg, ntk_factor)`` of every RoPE2D, to restore after switching."""
+    return [(m.rope_type, copy.deepcopy(m.rope_cfg), m.ntk_factor)
+            for m in rope_modules(backbone)]
+
+
+def restore_rope(backbone, state: Sequence[Tuple[str, Dict, float]]) -> None:
+    for m, (rope_type, rope_cfg, factor) in zip(rope_modules(backbone), state):
+        m.ntk_factor = factor
+        m.configure(rope_type, rope_cfg)
+
+
+# variants that change training (learned frequencies / augmented normalised coordinates):
+# only the checkpoint trained with one can be evaluated with it
+TRAINED_ONLY = ('mixed', 'dinov3')
+# checkpoints YaRN can be switched into: trained with fixed-frequency 2D tables on the
+# integer grid (ntk / ntk_fixed / yarn train exactly as 2d: they differ only off the anchor)
+YARN_FROM = ('2d', 'as2d', 'ntk', 'ntk_fixed', 'yarn')
+
+
+def not_applicable(trained: str, variant: str) -> Optional[str]:
+    """Why ``variant`` cannot be switched into a checkpoint trained with ``trained``
+    (None if it can). ``none`` (RoPE off) always can."""
+    if variant == trained or variant == 'none':
+        return None
+    if variant in TRAINED_ONLY:
+        return (f'{variant!r} changes training (learnable frequencies / coordinate '
+                f'augmentation); this checkpoint was trained with {trained!r}')
+    if trained == 'mixed':
+        return ("the checkpoint's RoPE frequencies are learned ('mixed'); fixed-frequency "
+                'tables would replace them')
+    if trained == 'dinov3':
+        return ("the checkpoint was trained on normalised coordinates ('dinov3'); integer-grid "
+                'tables do not match them')
+    if variant == 'yarn' and trained not in YARN_FROM:
+        return f"YaRN rescales 2D RoPE frequencies; this checkpoint was trained with {trained!r}"
+    return None
+
+
+def rope_state_keys(backbone, prefix: str = 'backbone.') -> List[str]:
+    """State-dict keys (with ``prefix``) owned by the backbone's RoPE2D modules, e.g. the
+    learnable frequencies of ``'mixed'``; tables are derived and never stored."""
+    return sorted(f'{prefix}{n}.{k}' for n, m in backbone.named_modules()
+                  if isinstance(m, RoPE2D) for k in m.state_dict())
+
+
+def check_trained_rope(backbone, checkpoint_keys: Sequence[str], trained: str,
+                       checkpoint: str, prefix: str = 'backbone.') -> None:
+    """The checkpoint and the config agree on the RoPE it was trained with: learned RoPE
+    parameters are in the checkpoint exactly when the config's variant has them."""
+    own = rope_state_keys(backbone, prefix)
+    prefixes = tuple(f'{prefix}{n}.' for n, m in backbone.named_modules()
+                     if isinstance(m, RoPE2D))
+    given = sorted(k for k in checkpoint_keys if k.startswith(prefixes))
+    missing = sorted(set(own) - set(given))
+    if missing:
+        raise ValueError(f'{checkpoint} has no {missing[0]} (learned RoPE parameters of '
+                         f'rope_type={trained!r}): it was not trained with this config\'s '
+                         'RoPE; pass the config it was trained with')
+    extra = sorted(set(given) - set(own))
+    if extra:
+        raise ValueError(f'{checkpoint} holds learned RoPE parameters ({extra[0]}) that '
+                         f'rope_type={trained!r} does not have: it was trained with another '
+                         "RoPE (e.g. 'mixed'); pass the config it was trained with")
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -239,8 +316,10 @@ def markdown_table(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequen
 
 
 def plot(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequence[int],
-         base: Optional[int], title: str, path: str) -> None:
-    """Line plot of top-1 against test size, one line per RoPE variant (Agg backend)."""
+         base: Optional[int], title: str, path: str,
+         bands: Optional[Dict[str, Dict[int, Tuple[float, float]]]] = None) -> None:
+    """Line plot of top-1 against test size, one line per RoPE variant (Agg backend);
+    ``bands`` (e.g. the min-max over seeds) are drawn as shaded ranges around the lines."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -249,7 +328,12 @@ def plot(results: Dict[str, Dict[int, Optional[float]]], sizes: Sequence[int],
     for rope, row in results.items():
         pts = [(s, row[s]) for s in sizes if row.get(s) is not None]
         if pts:
-            ax.plot(*zip(*pts), marker='o', label=rope)
+            line, = ax.plot(*zip(*pts), marker='o', label=rope)
+            band = (bands or {}).get(rope, {})
+            spans = [(s, *band[s]) for s, _ in pts if s in band]
+            if spans:
+                xs, lo, hi = zip(*spans)
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     if base is not None:
         ax.axvline(base, color='grey', linestyle='--', linewidth=1, label=f'train {base} px')
     ax.set_xscale('log', base=2)
@@ -336,16 +420,25 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if backbone is None:
         raise TypeError(f'{type(model).__name__} has no backbone; expected an ImageClassifier')
     ropes = rope_modules(backbone)
-    original, original_factor = ropes[0].rope_type, ropes[0].ntk_factor
+    original, trained_state = ropes[0].rope_type, rope_state(backbone)
     supported = supported_rope_types(backbone)
     skipped = {r: f'{type(backbone).__name__} does not define rope_type {r!r}'
                for r in args.rope if r not in supported}
+    for r in args.rope:
+        why = None if r in skipped else not_applicable(original, r)
+        if why:
+            skipped[r] = why
     if getattr(backbone, 'rope_scale', None) is not None:
         print(f'[resolution] note: backbone.rope_scale={backbone.rope_scale!r} fixes the GSA '
               'position scale; only window/anchor-derived scales follow rope_type')
 
     runner.call_hook('before_run')
     runner.load_or_resume()  # loads cfg.load_from into the model
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from vllama_mm.models.weights import checkpoint_state_dict
+    check_trained_rope(backbone, checkpoint_state_dict(
+        _load_checkpoint(args.checkpoint, map_location='cpu')), original, args.checkpoint)
     loop = runner.test_loop
     print(f'[resolution] {type(backbone).__name__} (trained rope_type={original!r}), '
           f'training/test size {base} px; sizes {sizes}; rope {args.rope}', flush=True)
@@ -362,7 +455,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     results[rope][size] = None
                     continue
                 k += 1
-                set_rope_type(backbone, rope, args.ntk_factor)
+                if rope == original:  # as trained, with its rope_cfg
+                    restore_rope(backbone, trained_state)
+                else:
+                    set_rope_type(backbone, rope, args.ntk_factor)
                 t0 = time.time()
                 metrics = loop.run()
                 if TOP1_KEY not in metrics:
@@ -371,7 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 print(f'[resolution] {k}/{todo} size {size} px, rope {rope}: top-1 '
                       f'{results[rope][size]:.2f} ({time.time() - t0:.1f} s)', flush=True)
     finally:
-        set_rope_type(backbone, original, original_factor)
+        restore_rope(backbone, trained_state)
         runner.call_hook('after_run')
 
     table = markdown_table(results, sizes, base)
@@ -398,4 +494,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except ValueError as e:  # a bad value or file: one line naming it, no traceback
+        sys.exit(f'resolution_robustness: error: {e}')

@@ -313,6 +313,39 @@ def test_selective_cp_recomputes_elementwise_work_only(kind):
     assert peaks['full'] < peaks['selective'] < peaks['none'], peaks
 
 
+def test_pyramid_with_cp_per_stage():
+    """A per-stage with_cp checkpoints exactly the blocks of the stages it names, each in
+    its mode, and leaves outputs and gradients as the unchecked model's."""
+    m, x, _ = _cp_model('pyramid')
+    cp = copy.deepcopy(m)
+    cp.with_cp = ('full', 'none', 'selective', False)  # as a config writes it
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append((fn, kwargs.get('context_fn')))
+        return original(fn, *args, **kwargs)
+    out_ref, grad_ref = _outputs_and_grads(m, x)
+    torch.utils.checkpoint.checkpoint = spy
+    try:
+        out_cp, grad_cp = _outputs_and_grads(cp, x)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+    stage_of = {id(b): s for s, blocks in enumerate(cp.stages) for b in blocks}
+    assert [(stage_of[id(fn)], ctx is None) for fn, ctx in calls] == \
+        [(0, True), (0, True), (2, False), (2, False)]  # stage 1 full, stage 3 selective
+    for a, b in zip(out_ref, out_cp):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert grad_ref.keys() == grad_cp.keys()
+    for name in grad_ref:
+        torch.testing.assert_close(grad_ref[name], grad_cp[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+    with pytest.raises(ValueError, match=r'with_cp per stage needs 4 values \(one per stage\)'):
+        PyramidVisionLLaMA(TINY_PYRAMID, img_size=64, with_cp=['full', 'none'])
+    with pytest.raises(ValueError, match="with_cp must be True, False or one of"):
+        PyramidVisionLLaMA(TINY_PYRAMID, img_size=64, with_cp=['full', 'none', 'none', 'x'])
+
+
 def test_with_cp_rejects_unknown_modes():
     with pytest.raises(ValueError, match="with_cp must be True, False or one of"):
         VisionLLaMA(TINY_PLAIN, img_size=64, with_cp='partial')

@@ -10,7 +10,8 @@ and the RoPE rotation of our backbones, paired per round (process CPU time, one 
   of ``--ref REV`` (the same weights), fp32 and bf16 autocast: per-round ratio
   after / before (median and interquartile range);
 * ``cp``: the training step (forward, mean-square loss, backward) of the pyramid configs
-  with ``with_cp`` = none / full / selective beside the Twins SVT of the same size (which
+  with ``with_cp`` = none / full / selective and full on the first stage(s) only
+  (:data:`STAGE_CP`) beside the Twins SVT of the same size (which
   has no activation checkpointing in mmpretrain 1.2) in the same rounds: per-round time
   ratio to none and peak tensor bytes (the exact CPU measurement of
   ``tools/benchmark.py``), also against SVT's and SVT's per multiply-add;
@@ -181,9 +182,18 @@ def _with_policy(fn: Callable[[], None], policy) -> Callable[[], None]:
     return call
 
 
+#: per-stage ``with_cp`` of the pyramids measured beside the uniform modes: full
+#: checkpointing of the stages with the most activation bytes per MAC only
+STAGE_CP = (('full', 'none', 'none', 'none'), ('full', 'full', 'none', 'none'))
+
+
+def _cp_label(mode) -> str:
+    return mode if isinstance(mode, str) else 'per stage ' + '/'.join(mode)
+
+
 def cp_rows(args) -> List[str]:
-    """Training step of the pyramid configs with with_cp none / full / selective and of
-    the SVT of the same size, in the same rounds."""
+    """Training step of the pyramid configs with with_cp none / full / selective / the
+    :data:`STAGE_CP` per-stage modes and of the SVT of the same size, in the same rounds."""
     rows = []
     mem = bench.PeakMemory(torch.device('cpu'))
     for name, ours_cfg, peer_cfg, peer_name in PAIRS:
@@ -195,7 +205,7 @@ def cp_rows(args) -> List[str]:
         mac_ratio = _macs(base) / _macs(peer)
         x = torch.randn(args.batch, 3, 224, 224)
         models = {peer_name: peer}
-        for mode in ('none', 'full', 'selective'):
+        for mode in ('none', 'full', 'selective') + STAGE_CP:
             models[mode] = copy.deepcopy(base)
             models[mode].with_cp = mode
 
@@ -214,7 +224,7 @@ def cp_rows(args) -> List[str]:
         peaks = {k: mem.measure(f) for k, f in fns.items()}
         t = _rounds(fns, args.repeats)
         for k in fns:
-            label = f'{peer_name} (mmpretrain, no with_cp)' if k == peer_name else k
+            label = f'{peer_name} (mmpretrain, no with_cp)' if k == peer_name else _cp_label(k)
             vs_peer = peaks[k] / peaks[peer_name]
             rows.append(f'| {name if k != peer_name else peer_name} | {label} | '
                         f'{statistics.median(t[k]) * 1e3:.0f} | '

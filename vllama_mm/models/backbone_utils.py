@@ -3,7 +3,7 @@ preset lookup, the default init, the "is it pretrained" test and the checkpointe
 call (the shared base class is :mod:`.base`)."""
 import copy
 import functools
-from typing import Dict, Sequence, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 import torch.utils.checkpoint
@@ -77,6 +77,18 @@ def cp_mode(with_cp: Union[bool, str]) -> str:
     if isinstance(with_cp, str) and with_cp in CP_MODES:
         return with_cp
     raise ValueError(f'with_cp must be True, False or one of {CP_MODES}, got {with_cp!r}')
+
+
+def stage_cp_modes(with_cp: Union[bool, str, Sequence[Union[bool, str]]],
+                   num_stages: int) -> Tuple[str, ...]:
+    """``with_cp`` of a staged backbone -> one :data:`CP_MODES` value per stage: one value
+    for every stage, or a sequence with one value per stage."""
+    if isinstance(with_cp, (list, tuple)):
+        if len(with_cp) != num_stages:
+            raise ValueError(f'with_cp per stage needs {num_stages} values (one per stage), '
+                             f'got {len(with_cp)}: {with_cp!r}')
+        return tuple(cp_mode(m) for m in with_cp)
+    return (cp_mode(with_cp),) * num_stages
 
 
 def _aten_ops(*names: str) -> frozenset:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .ablations import PEG, AbsPosEmbed, build_norm, check_choice, mlp_hidden, rope_rotary_dim
 from .attention import check_heads
-from .backbone_utils import cp_mode, resolve_arch, run_block
+from .backbone_utils import resolve_arch, run_block, stage_cp_modes
 from .base import (VisionLLaMABackbone, guard_traced_size, need_bool, need_int, need_rate,
                    need_real, need_size, resolve_out_indices, state_keys)
 from .blocks import PatchEmbed, VisionLLaMABlock, drop_path_rates, swiglu_hidden
@@ -97,7 +97,10 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             ``train()``. -1 or 0 freezes nothing.
         with_cp: activation checkpointing per block when training: ``False`` /
             ``'none'``, ``True`` / ``'full'`` (whole blocks recomputed) or ``'selective'``
-            (matmul and attention outputs kept, element-wise work recomputed).
+            (matmul and attention outputs kept, element-wise work recomputed); or one such
+            value per stage, e.g. ``('full', 'none', 'none', 'none')``: only stage 1, which
+            holds the most activation bytes per MAC (3136 tokens of width 64 at 224²), is
+            recomputed.
         init_cfg: e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``.
         pretrained: only ``None`` (what mmseg / mmdet pass on); weights come via init_cfg.
         mlp_type, norm_type, rope_ratio, rope_shared, rope_ntk_factor: the paper's
@@ -169,7 +172,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                  drop_path_rate: float = 0.0,
                  norm_eps: float = 1e-5,
                  frozen_stages: int = -1,
-                 with_cp: Union[bool, str] = False,
+                 with_cp: Union[bool, str, Sequence[Union[bool, str]]] = False,
                  mlp_type: str = 'swiglu',
                  norm_type: str = 'ln',
                  rope_ratio: float = 1.0,
@@ -273,7 +276,8 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
                 blocks.append(blk)
             self.stages.append(blocks)
             prev, cursor = dim, cursor + self.depths[s]
-        self.with_cp = cp_mode(with_cp)
+        stage_cp_modes(with_cp, NUM_STAGES)  # a bad value fails here, not in training
+        self.with_cp = tuple(with_cp) if isinstance(with_cp, (list, tuple)) else with_cp
         if abs_pos_embed is not None:  # [1, H_s*W_s, C_s] at the stage's pre-training grid
             self.pos_embeds = nn.ModuleList(
                 AbsPosEmbed(abs_pos_embed, d, g) for d, g in zip(self.embed_dims, stage_grids))
@@ -442,6 +446,7 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
         outs = []
         x = guard_traced_size(x, type(self).__name__)
         B = x.shape[0]
+        cp = stage_cp_modes(self.with_cp, NUM_STAGES)
         for s in range(NUM_STAGES):
             x, hw = self.patch_embeds[s](x)  # [B, H_s*W_s, C_s], row-major
             if self.abs_pos_embed is not None:
@@ -450,10 +455,10 @@ class PyramidVisionLLaMA(VisionLLaMABackbone):
             layer = self.ropes[s].layer_table  # mixed: block j's slice; else the table
             for j, blk in enumerate(self.stages[s]):
                 if j % 2 == 0:
-                    x = run_block(blk, x, hw, layer(lsa, j), None, with_cp=self.with_cp)
+                    x = run_block(blk, x, hw, layer(lsa, j), None, with_cp=cp[s])
                 else:
                     x = run_block(blk, x, hw, layer(gsa_q, j), layer(gsa_k, j),
-                                  with_cp=self.with_cp)
+                                  with_cp=cp[s])
                 if j == 0 and self.use_peg:
                     x = self.pegs[s](x, hw)  # [B, H_s*W_s, C_s]
             C = x.shape[-1]

@@ -55,6 +55,13 @@ def _delta(new: dict, old: dict) -> dict:
     return out
 
 
+def test_every_rope_variant_config_is_checked():
+    """Every file in the rope_variants/ folders is a row of VARIANTS (test_mmpretrain_configs
+    leaves these folders to this file)."""
+    found = {p.name for d in (PLAIN, PYRAMID) for p in (d / 'rope_variants').glob('*.py')}
+    assert found == set(VARIANTS)
+
+
 @pytest.mark.parametrize('name', sorted(VARIANTS))
 def test_variant_config_changes_only_the_rope(name):
     base_path, test_size = VARIANTS[name]

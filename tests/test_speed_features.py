@@ -237,24 +237,31 @@ def _outputs_and_grads(model, inputs):
                                         if p.grad is not None}
 
 
+def _checkpointed_outputs_and_grads(model, inputs):
+    """:func:`_outputs_and_grads` with every ``torch.utils.checkpoint.checkpoint`` call
+    recorded as ``(checkpointed function, context_fn)``."""
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append((fn, kwargs.get('context_fn')))
+        return original(fn, *args, **kwargs)
+    torch.utils.checkpoint.checkpoint = spy
+    try:
+        return (*_outputs_and_grads(model, inputs), calls)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+
+
 @pytest.mark.parametrize('mode', [True, 'selective'])
 @pytest.mark.parametrize('kind', CP_KINDS)
 def test_with_cp_gives_the_same_outputs_and_gradients(kind, mode):
     m, x, num_blocks = _cp_model(kind)
     cp = copy.deepcopy(m)
     cp.with_cp = mode
-    contexts = []
-    original = torch.utils.checkpoint.checkpoint
-
-    def spy(*args, **kwargs):
-        contexts.append(kwargs.get('context_fn'))
-        return original(*args, **kwargs)
     out_ref, grad_ref = _outputs_and_grads(m, x)
-    torch.utils.checkpoint.checkpoint = spy
-    try:
-        out_cp, grad_cp = _outputs_and_grads(cp, x)
-    finally:
-        torch.utils.checkpoint.checkpoint = original
+    out_cp, grad_cp, calls = _checkpointed_outputs_and_grads(cp, x)
+    contexts = [ctx for _, ctx in calls]
     assert len(contexts) == num_blocks  # every block checkpointed
     assert all((c is None) == (mode is True) for c in contexts)  # selective: a policy
     for a, b in zip(out_ref, out_cp):
@@ -319,18 +326,8 @@ def test_pyramid_with_cp_per_stage():
     m, x, _ = _cp_model('pyramid')
     cp = copy.deepcopy(m)
     cp.with_cp = ('full', 'none', 'selective', False)  # as a config writes it
-    calls = []
-    original = torch.utils.checkpoint.checkpoint
-
-    def spy(fn, *args, **kwargs):
-        calls.append((fn, kwargs.get('context_fn')))
-        return original(fn, *args, **kwargs)
     out_ref, grad_ref = _outputs_and_grads(m, x)
-    torch.utils.checkpoint.checkpoint = spy
-    try:
-        out_cp, grad_cp = _outputs_and_grads(cp, x)
-    finally:
-        torch.utils.checkpoint.checkpoint = original
+    out_cp, grad_cp, calls = _checkpointed_outputs_and_grads(cp, x)
     stage_of = {id(b): s for s, blocks in enumerate(cp.stages) for b in blocks}
     assert [(stage_of[id(fn)], ctx is None) for fn, ctx in calls] == \
         [(0, True), (0, True), (2, False), (2, False)]  # stage 1 full, stage 3 selective

@@ -596,3 +596,42 @@ def test_gpu_benchmark_command_runs_in_tiny_mode(tmp_path):
         assert img_s > 0 and math.isfinite(img_s) and mfu > 0  # MFU from --peak-tflops
         if cells[0].startswith('DiT-LLaMA'):
             assert float(cells[3]) > 0  # ratio to the DiT-XL/2 peer, same mode
+
+
+def test_benchmark_compiles_every_block_once_per_kind():
+    """``tools/benchmark.py --compile blocks``: the same rule picks the transformer blocks of
+    our models and of the peers (mmpretrain ViT, Twins SVT); the compiled blocks give the
+    eager outputs, and our identical blocks share one graph (plain: one for all blocks;
+    pyramid: one per stage and attention kind, LSA / GSA)."""
+    from mmpretrain.models import SVT, VisionTransformer
+    from torch._dynamo.utils import counters
+    bench = _load_tool('tools/benchmark.py')
+    svt_arch = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 2, 1], num_heads=[1, 2, 3, 4],
+                    patch_sizes=[4, 2, 2, 2], strides=[4, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
+                    sr_ratios=[8, 4, 2, 1], window_sizes=[7, 7, 7, 7])
+    # (name, model, blocks compiled, graphs dynamo builds for them or None: the peer's own)
+    cases = [
+        ('ours plain', VisionLLaMA(TINY_PLAIN, img_size=64), TINY_PLAIN['num_layers'], 1),
+        # stage 1: LSA, GSA, LSA, GSA -> 2 graphs; stages 2-4 one LSA block each
+        ('ours pyramid', PyramidVisionLLaMA(dict(embed_dims=[32, 64, 96, 128],
+                                                 depths=[4, 1, 1, 1]), img_size=64), 7, 5),
+        ('mmpretrain ViT', VisionTransformer(dict(embed_dims=32, num_layers=3, num_heads=2,
+                                                  feedforward_channels=64), img_size=64,
+                                             patch_size=16), 3, None),
+        ('Twins SVT', SVT(svt_arch), 5, None),
+    ]
+    for name, model, blocks, graphs in cases:
+        model.eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            eager = model(x)
+        torch._dynamo.reset()
+        counters.clear()
+        assert bench.compile_blocks(model, backend='eager') == blocks, name
+        with torch.no_grad():
+            compiled = model(x)
+        for a, b in zip(eager, compiled):
+            torch.testing.assert_close(a, b, msg=name)
+        assert counters['stats']['calls_captured'] > 0, name  # dynamo did trace the blocks
+        if graphs is not None:
+            assert counters['stats']['unique_graphs'] == graphs, (name, dict(counters['stats']))

@@ -215,6 +215,7 @@ class Entry:
     fwd_mem: Optional[int] = None
     train_mem: Optional[int] = None
     memory_only: bool = False  # --with-cp twins: peak memory, not timed
+    compiled_regions: int = 0  # --compile blocks: number of blocks compiled
 
 
 def load_ref_models(rev: str):
@@ -256,7 +257,11 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
     model = entry.model
     # dynamic shapes: one graph for every input size (the setting the configs use,
     # compile=dict(dynamic=True)); tests/test_speed_features.py counts the recompiles
-    runner = torch.compile(model, dynamic=True) if args.compile else model
+    runner = model
+    if args.compile == 'model':
+        runner = torch.compile(model, dynamic=True)
+    elif args.compile == 'blocks':
+        entry.compiled_regions = compile_blocks(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == 'sgd':
         opt = torch.optim.SGD(params, lr=1e-6)
@@ -286,6 +291,35 @@ def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
         opt.step()
 
     return forward, train_step
+
+
+def compile_blocks(model: nn.Module, **compile_kwargs) -> int:
+    """Regional compilation: ``Module.compile()`` on every transformer block, in place.
+
+    A block is a non-container element of an ``nn.ModuleList`` that holds an
+    ``nn.Linear`` (our ``VisionLLaMABlock`` / ``DiTLLaMABlock``, mmpretrain's
+    ``TransformerEncoderLayer``, Twins' ``GSAEncoderLayer`` / ``LSAEncoderLayer``), the same
+    rule for our models and the peers. The blocks carry the MACs and the element-wise
+    work; the stem, PEG convs and norms between them stay eager. Identical blocks share
+    one compiled graph, so the warm-up is a few graphs instead of the whole model's (which
+    inductor on a few CPU cores does not finish for Twins in 40 min). ``compile_kwargs``
+    go to ``torch.compile``; by default ``dynamic=False``: static shapes, one graph per
+    block kind and width (inductor in torch 2.11 fails on Twins' training block once its
+    sizes are symbolic: "cannot determine truth value of Relational: 96*s47 < 96"), with
+    dynamo's recompile limit raised so that no block kind falls back to eager. Returns the
+    number of blocks compiled.
+    """
+    compile_kwargs.setdefault('dynamic', False)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    count = 0
+    for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
+        for block in lst:
+            if isinstance(block, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
+                continue
+            if any(isinstance(m, nn.Linear) for m in block.modules()):
+                block.compile(**compile_kwargs)
+                count += 1
+    return count
 
 
 def _amp(args, device: torch.device) -> bool:
@@ -554,8 +588,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no-train', action='store_true', help='forward only')
     p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
     p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile(dynamic=True) every model')
+    p.add_argument('--compile', nargs='?', const='model', default=None,
+                   choices=['model', 'blocks'],
+                   help="'model' (the default): torch.compile(dynamic=True) every model, as a "
+                        "config's compile=dict(dynamic=True); 'blocks': torch.compile every "
+                        'transformer block (regional compilation, see compile_blocks)')
     p.add_argument('--amp', action='store_true',
                    help='bf16 autocast on CPU too (the AMP path of the configs; CUDA always)')
     p.add_argument('--with-cp', nargs='*', default=None, choices=['full', 'selective'],
@@ -729,8 +766,11 @@ def main(argv=None) -> List[Dict]:
             row['vs_ref_train'] = (_paired_ratio(e.train_s, entries[ref].train_s)
                                    if e.train_s else float('nan'))
     extras = ''
-    if args.compile:
+    if args.compile == 'model':
         extras += ', torch.compile(dynamic=True)'
+    elif args.compile == 'blocks':
+        extras += ', torch.compile of every transformer block (' + ', '.join(
+            f'{e.key}: {e.compiled_regions}' for e in entries.values()) + ')'
     if args.with_cp is not None:
         extras += '; "(with_cp=...)" rows: activation checkpointing'
     skipped = [e.key for e in entries.values() if not e.train and not args.no_train]

@@ -8,7 +8,8 @@ Pairs (same input, batch and optimizer for both sides):
 * DiT-LLaMA-XL/2 (32² latents, 4 channels) vs DiT-XL/2 (:class:`DiTBlock` below: the
   DiT paper's adaLN-Zero block, GELU MLP 4x, no RoPE; same width/depth/heads).
 
-Per model and mode (eager, ``torch.compile``): warm-up steps, then timed training steps
+Per model and mode (eager; compiled: ``torch.compile`` of every transformer block by
+default, ``--compile-scope model`` the whole model): warm-up steps, then timed training steps
 (bf16 autocast forward, mean-square loss of the outputs, backward, SGD step) ->
 images/s; peak memory (``torch.cuda.max_memory_allocated``) of one step; MFU =
 training FLOPs per image (3x the forward FLOPs counted by ``torch.utils.flop_counter``
@@ -38,6 +39,8 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 import doc_table  # noqa: E402
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+from benchmark import compile_blocks  # noqa: E402  (one block rule for both benchmarks)
 
 #: dense bf16 tensor-core peaks (TFLOP/s, no sparsity), first match on the device name
 PEAK_TFLOPS: List[Tuple[str, float]] = [
@@ -182,7 +185,11 @@ def measure(model: nn.Module, name: str, batch: int, compiled: bool, args,
             device: torch.device) -> Dict:
     """Images/s and peak memory of bf16 training steps (eager or compiled)."""
     inputs = make_inputs(name, batch, device)
-    runner = torch.compile(model, backend=args.backend) if compiled else model
+    runner = model
+    if compiled and args.compile_scope == 'model':
+        runner = torch.compile(model, backend=args.backend)
+    elif compiled:  # regional: every transformer block, in place (eager was measured first)
+        compile_blocks(model, backend=args.backend)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     model.train()
 
@@ -230,7 +237,7 @@ def run(args) -> List[Dict]:
             model = build().to(device)
             flops = train_flops_per_image(model, name, device)
             params = sum(p.numel() for p in model.parameters()) / 1e6
-            for mode in args.modes:
+            for mode in sorted(args.modes, key=['eager', 'compiled'].index):
                 if time.perf_counter() - start > args.budget_s:
                     print(f'benchmark_gpu: over the --budget-s {args.budget_s} s, '
                           f'{name} {mode} left out')
@@ -271,6 +278,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=None, help='untimed steps (default 5)')
     p.add_argument('--modes', nargs='+', default=['eager', 'compiled'],
                    choices=['eager', 'compiled'])
+    p.add_argument('--compile-scope', default='blocks', choices=['blocks', 'model'],
+                   help="'blocks' (default): torch.compile every transformer block "
+                        "(regional compilation, one graph per block kind: a short warm-up "
+                        "that keeps six compiled models inside the budget); 'model': the "
+                        "whole model, as a config's compile=True")
     p.add_argument('--backend', default=None,
                    help="torch.compile backend (default inductor; tiny: 'eager')")
     p.add_argument('--peak-tflops', type=float, default=None,
@@ -300,7 +312,7 @@ def main(argv=None) -> List[Dict]:
                        args.peak_tflops)
     note = (f'{time.strftime("%Y-%m-%d %H:%M")}, {device}, torch {torch.__version__}, bf16 '
             f'autocast, SGD, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed '
-            f'steps, compile backend {args.backend}; MFU against '
+            f'steps, compile backend {args.backend} ({args.compile_scope}); MFU against '
             + (f'{peak:.0f} TFLOP/s dense bf16' if peak else 'no known peak (n/a)')
             + '. Command: `tools/benchmark_gpu.sh '
             + ' '.join(sys.argv[1:] if argv is None else argv) + '`')

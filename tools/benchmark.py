@@ -255,12 +255,12 @@ def _sync(device: torch.device) -> None:
 def make_calls(entry: Entry, x: torch.Tensor, args, device: torch.device
                ) -> Tuple[Callable[[], None], Callable[[], None]]:
     model = entry.model
-    # dynamic shapes: one graph for every input size (the setting the configs use,
-    # compile=dict(dynamic=True)); tests/test_speed_features.py counts the recompiles
     runner = model
     if args.compile == 'model':
+        # dynamic shapes: one graph for every input size (the setting the configs use,
+        # compile=dict(dynamic=True)); tests/test_speed_features.py counts the recompiles
         runner = torch.compile(model, dynamic=True)
-    elif args.compile == 'blocks':
+    elif args.compile == 'blocks':  # in place, static shapes (see compile_blocks)
         entry.compiled_regions = compile_blocks(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == 'sgd':

@@ -552,6 +552,40 @@ def test_benchmark_ratio_quartiles_and_target_verdicts():
     assert bench._ratio(dict(train_ratio=float('nan')), 'train') == '—'
 
 
+_MALLOC_PROBE = r"""
+import sys, torch
+from _tool_loader import load_tool
+mode = load_tool('tools/benchmark.py').set_malloc(sys.argv[1])
+def rss():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) // 1024
+x = torch.ones(64 << 18)  # 64 MiB, touched
+before_free = rss()
+del x
+print(mode, before_free - rss())
+"""
+
+
+@pytest.mark.skipif(not osp.exists('/proc/self/status'), reason='Linux only')
+@pytest.mark.parametrize('mode', ['retain', 'system'])
+def test_benchmark_malloc_retain_keeps_freed_memory(mode):
+    """``set_malloc('retain')`` (the CPU timing default) keeps a freed 64 MiB tensor in the
+    process, so the next call does not page-fault on it again; ``'system'`` leaves glibc's
+    defaults, which hand it back. In a subprocess: mallopt is process-wide."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=osp.join(ROOT, 'tests'))
+    out = subprocess.run([sys.executable, '-c', _MALLOC_PROBE, mode], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got, released_mib = out.stdout.split()[-2], int(out.stdout.split()[-1])
+    assert got == mode
+    if mode == 'retain':
+        assert released_mib < 8  # kept
+    else:
+        assert released_mib > 56  # handed back (mmap'd block, unmapped on free)
+
+
 def test_benchmark_ref_models_come_from_the_revision():
     """``--ref REV`` imports that revision's model package (whose models import engine
     helpers) without registering anything twice, and builds a backbone from it."""

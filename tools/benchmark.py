@@ -105,6 +105,38 @@ def machine_info(device: torch.device) -> Dict[str, str]:
     return info
 
 
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def set_malloc(mode: str) -> str:
+    """Set how glibc's malloc hands freed memory back, for CPU timing; returns the mode
+    in effect (``'system'`` where glibc is not there).
+
+    ``'retain'``: freed memory stays in the process (heap top never trimmed, blocks up to
+    256 MiB from the heap, not ``mmap``), the CPU counterpart of PyTorch's CUDA caching
+    allocator and of the jemalloc / tcmalloc preload PyTorch's CPU tuning guide
+    recommends. Without it glibc returns the top of the heap to the system whenever a
+    forward frees more than its (adaptive) trim threshold, and the next call page-faults
+    on all of it again: a cost that depends on the sizes of a model's transient tensors and
+    on the heap's history, measured as 10-35 % of a forward and a run-to-run spread
+    larger than the gaps between the models (docs/benchmark.md). The same for every
+    model of a run. ``'system'``: glibc's defaults, untouched."""
+    if mode == 'system':
+        return mode
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) and \
+            libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        print('benchmark: --malloc retain needs glibc (mallopt); timing with the '
+              'system allocator as it is', file=sys.stderr)
+        return 'system'
+    return mode
+
+
 def load_average() -> Tuple[float, float, float]:
     try:
         return os.getloadavg()
@@ -585,6 +617,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--train-max-pixels', type=int, default=600_000,
                    help='on CPU, skip the training step of inputs larger than this many '
                         'pixels (a 1024² step takes minutes on a few cores); 0: no limit')
+    p.add_argument('--malloc', default='retain', choices=['retain', 'system'],
+                   help='CPU: glibc malloc keeps freed memory (retain, default) or '
+                        'returns it to the system (its defaults); see set_malloc')
     p.add_argument('--no-train', action='store_true', help='forward only')
     p.add_argument('--no-memory', action='store_true', help='skip the memory pass')
     p.add_argument('--no-flops', action='store_true', help='skip FLOP counting')
@@ -686,6 +721,7 @@ def main(argv=None) -> List[Dict]:
         raise ValueError('--timer cpu measures CPU time: it cannot time CUDA kernels')
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    malloc = set_malloc(args.malloc) if device.type == 'cpu' else 'system'
     from tqdm import tqdm
 
     from vllama_mm.engine.console import quiet_console
@@ -773,6 +809,8 @@ def main(argv=None) -> List[Dict]:
             f'{e.key}: {e.compiled_regions}' for e in entries.values()) + ')'
     if args.with_cp is not None:
         extras += '; "(with_cp=...)" rows: activation checkpointing'
+    if device.type == 'cpu':
+        extras += f'; malloc: {malloc}'
     skipped = [e.key for e in entries.values() if not e.train and not args.no_train]
     if skipped:
         extras += f' (training step not timed for {", ".join(skipped)}: over ' \

@@ -237,15 +237,22 @@ def cp_rows(args) -> List[str]:
 
 
 def rope_rows(args) -> List[str]:
-    from vllama_mm.models.rope import RoPE2D, apply_rope, pair_signs, swap_pairs
+    from vllama_mm.models.rope import RoPE2D, apply_rope, pair_signs
 
     def former(x, t):  # two changes ago: unbind, negate, stack
         a, b = x.unflatten(-1, (-1, 2)).unbind(-1)
         return torch.addcmul(x * t[0], torch.stack((-b, a), dim=-1).flatten(-2),
                              t[1]).to(x.dtype)
 
-    def fp32_tables(x, t):  # the previous form: float32 tables on the strided views
-        return torch.addcmul(x * t[0], swap_pairs(x), pair_signs(t[1])).to(x.dtype)
+    def flip_swap(x):  # the pair swap of the two forms before the current one
+        return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+    def fp32_tables(x, t):  # three changes ago: float32 tables on the strided views
+        return torch.addcmul(x * t[0], flip_swap(x), pair_signs(t[1])).to(x.dtype)
+
+    def flip_pairs(x, t):  # the previous form: contiguous, x-dtype tables, swap by flip
+        x = x.contiguous()
+        return torch.addcmul(x * t[0].to(x.dtype), flip_swap(x), pair_signs(t[1]).to(x.dtype))
     rows = []
     # (label, heads, grid, head dim, batch): ViT-B, and Pyramid-S stage 1 (7x7 windows)
     for label, h, grid, hc, b in (('ViT-B', 12, 14, 64, 4), ('Pyramid-S LSA 1', 2, 7, 32, 256)):
@@ -258,9 +265,11 @@ def rope_rows(args) -> List[str]:
             ql, kl = q.to(dtype), k.to(dtype)
             variants = {
                 'former (unbind/neg/stack)': lambda: (former(ql, table), former(kl, table)),
-                'float32 tables on the views (previous)':
+                'float32 tables on the views':
                     lambda: (fp32_tables(ql, table), fp32_tables(kl, table)),
-                'contiguous, tables in x dtype (current)':
+                'contiguous, x-dtype tables, swap by flip (previous)':
+                    lambda: (flip_pairs(ql, table), flip_pairs(kl, table)),
+                'contiguous, x-dtype tables, swap by roll (current)':
                     lambda: (apply_rope(ql, table), apply_rope(kl, table)),
             }
             cos, sin = table[0].double(), table[1].double()
@@ -291,8 +300,11 @@ def main(argv=None) -> None:
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--amp', action='store_true', help='bf16 autocast for the cp rows')
     p.add_argument('--only', choices=['peers', 'forward', 'cp', 'rope'], default=None)
+    p.add_argument('--malloc', default='retain', choices=['retain', 'system'],
+                   help="glibc malloc keeps freed memory or not (tools/benchmark.py's)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    print(f'malloc: {bench.set_malloc(args.malloc)}')
     from vllama_mm.engine.console import quiet_console
     quiet_console()
     print(f'load average before: {" ".join(f"{v:.1f}" for v in bench.load_average())}')

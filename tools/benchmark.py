@@ -113,13 +113,13 @@ def set_malloc(mode: str) -> str:
     """Set how glibc's malloc hands freed memory back, for CPU timing; returns the mode
     in effect (``'system'`` where glibc is not there).
 
-    ``'retain'``: freed memory stays in the process (heap top never trimmed, blocks up to
-    256 MiB from the heap, not ``mmap``), the CPU counterpart of PyTorch's CUDA caching
-    allocator and of the jemalloc / tcmalloc preload PyTorch's CPU tuning guide
-    recommends. Without it glibc returns the top of the heap to the system whenever a
+    ``'retain'``: freed memory stays in the process (the heap top is trimmed only past
+    1 GiB; blocks up to 256 MiB come from the heap, not ``mmap``), the CPU counterpart
+    of PyTorch's CUDA caching allocator and of the jemalloc / tcmalloc preload that
+    PyTorch's CPU tuning guide recommends. Without it glibc returns the top of the heap to the system whenever a
     forward frees more than its (adaptive) trim threshold, and the next call page-faults
     on all of it again: a cost that depends on the sizes of a model's transient tensors and
-    on the heap's history, measured as 10-35 % of a forward and a run-to-run spread
+    on the heap's history, measured at up to 35 % of a forward and a run-to-run spread
     larger than the gaps between the models (docs/benchmark.md). The same for every
     model of a run. ``'system'``: glibc's defaults, untouched."""
     if mode == 'system':

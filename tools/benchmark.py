@@ -105,6 +105,14 @@ def machine_info(device: torch.device) -> Dict[str, str]:
     return info
 
 
+def _glibc() -> Optional[ctypes.CDLL]:
+    """The C library (for ``mallopt`` / ``malloc_trim``), or None where there is no glibc."""
+    try:
+        return ctypes.CDLL('libc.so.6')
+    except OSError:
+        return None
+
+
 #: glibc ``mallopt`` parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -116,20 +124,19 @@ def set_malloc(mode: str) -> str:
     ``'retain'``: freed memory stays in the process (the heap top is trimmed only past
     1 GiB; blocks up to 256 MiB come from the heap, not ``mmap``), the CPU counterpart
     of PyTorch's CUDA caching allocator and of the jemalloc / tcmalloc preload that
-    PyTorch's CPU tuning guide recommends. Without it glibc returns the top of the heap to the system whenever a
-    forward frees more than its (adaptive) trim threshold, and the next call page-faults
-    on all of it again: a cost that depends on the sizes of a model's transient tensors and
-    on the heap's history, measured at up to 35 % of a forward and a run-to-run spread
-    larger than the gaps between the models (docs/benchmark.md). The same for every
-    model of a run. ``'system'``: glibc's defaults, untouched."""
+    PyTorch's CPU tuning guide recommends. Without it glibc returns the top of the heap
+    to the system whenever a forward frees more than its (adaptive) trim threshold, and
+    the next call page-faults on all of it again: a cost that depends on the sizes of a
+    model's transient tensors and on the heap's history, measured at up to 35 % of a
+    forward and a run-to-run spread larger than the gaps between the models
+    (docs/benchmark.md). The same for every model of a run. ``'system'``: glibc's
+    defaults, untouched."""
     if mode == 'system':
         return mode
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-        ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) and \
-            libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
-    except (OSError, AttributeError):
-        ok = False
+    libc = _glibc()
+    ok = libc is not None and hasattr(libc, 'mallopt') and \
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) and \
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
     if not ok:
         print('benchmark: --malloc retain needs glibc (mallopt); timing with the '
               'system allocator as it is', file=sys.stderr)
@@ -186,11 +193,11 @@ class PeakMemory:
         self.exact = exact and device.type == 'cpu'
         self._libc = None
         if device.type == 'cpu' and not self.exact:
+            self._libc = _glibc()
             try:
-                self._libc = ctypes.CDLL('libc.so.6')
                 with open('/proc/self/clear_refs', 'w') as f:
                     f.write('5')
-                self.available = True
+                self.available = self._libc is not None
             except OSError:
                 self.available = False  # not Linux/glibc: memory is not reported
         else:
